@@ -1,0 +1,206 @@
+# Front door of the Flask deployment stack. `make` alone lists the targets.
+.DEFAULT_GOAL := help
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+# Overridable: `make up APP_REPLICAS=5`, `make test PROJECT=ci`.
+PROJECT ?= flaskstack
+ENV_FILE ?= .env
+PYTHON ?= python3
+# `make dev` port; 5001 so it runs beside the stack's devserver on 5000.
+DEV_PORT ?= 5001
+VENV ?= .venv
+# Images built from this repository.
+APP_IMAGE ?= flaskstack/app:local
+NGINX_STACK_IMAGE ?= flaskstack/nginx:local
+# The test stack runs beside yours: its own project name, env file and ports.
+TEST_PROJECT ?= flaskstack-test
+TEST_ENV_FILE ?= build/test.env
+TEST_STACK_PORT ?= 18080
+TEST_DEVSERVER_PORT ?= 15000
+TEST_TLS_PORT ?= 18443
+
+STACK := deploy/scripts/stack.sh
+# Replicas: from the command line or shell, else the env file, else .env.example (3).
+APP_REPLICAS ?= $(shell $(STACK) get APP_REPLICAS 3)
+# Base images: from the shell, else the env file, else .env.example (pinned tags).
+PYTHON_IMAGE ?= $(shell $(STACK) get PYTHON_IMAGE)
+NGINX_IMAGE ?= $(shell $(STACK) get NGINX_IMAGE)
+POSTGRES_IMAGE ?= $(shell $(STACK) get POSTGRES_IMAGE)
+export PROJECT ENV_FILE APP_IMAGE NGINX_STACK_IMAGE PYTHON_IMAGE NGINX_IMAGE POSTGRES_IMAGE
+COMPOSE := $(STACK) compose
+PY := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest -p no:locust
+
+##@ Help
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"} /^##@/ {printf "\n\033[1m%s\033[0m\n", substr($$0, 5)} /^[a-zA-Z0-9_-]+:.*##/ {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+##@ Stack
+
+.PHONY: up
+up: images env ## Build what is missing, start the stack, wait until healthy, print the URLs
+	@if [[ $$($(STACK) get TLS_ENABLED 0) == 1 ]]; then deploy/scripts/certs.sh certs; fi
+	$(COMPOSE) up -d --remove-orphans --scale app=$(APP_REPLICAS)
+	$(STACK) wait 300
+	$(STACK) urls
+
+.PHONY: down
+down: ## Stop the stack (data volumes are kept)
+	$(COMPOSE) down --remove-orphans
+
+.PHONY: clean
+clean: ## Stop the stack and remove its volumes, the test stack and build artefacts
+	$(COMPOSE) down --remove-orphans --volumes
+	PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(COMPOSE) down --remove-orphans --volumes 2>/dev/null || true
+	rm -rf build
+
+.PHONY: ps
+ps: ## List the stack's containers and their health
+	$(COMPOSE) ps
+
+.PHONY: logs
+logs: ## Follow the logs (S=nginx for one service)
+	$(COMPOSE) logs -f --tail=100 $(S)
+
+.PHONY: scale
+scale: env ## Run N app replicas (make scale N=5); nginx finds them within 5 s, no restart
+	@test -n "$(N)" || { echo "usage: make scale N=5"; exit 2; }
+	$(COMPOSE) up -d --no-deps --no-recreate --scale app=$(N) app
+	$(STACK) wait 120
+
+.PHONY: rollout
+rollout: env ## Replace the app replicas one at a time (after `make images`), no failed request
+	$(STACK) rollout
+
+.PHONY: certs
+certs: ## Create a local CA and a certificate for localhost in certs/ (for TLS_ENABLED=1)
+	deploy/scripts/certs.sh certs
+
+.PHONY: env
+env: ## Create .env from .env.example with fresh secrets (once)
+	$(STACK) env
+
+##@ Swarm
+
+.PHONY: swarm-up
+swarm-up: images env ## Deploy on Docker Swarm (a single-node swarm if none); the port is open on ALL interfaces
+	APP_REPLICAS=$(APP_REPLICAS) deploy/scripts/swarm.sh up
+
+.PHONY: swarm-down
+swarm-down: ## Remove the Swarm stack (volumes kept), leave the swarm if swarm-up created it
+	deploy/scripts/swarm.sh down
+
+.PHONY: swarm-status
+swarm-status: ## The Swarm stack's services, tasks and what is not ready
+	deploy/scripts/swarm.sh status
+
+##@ Images
+
+.PHONY: images
+images: ## Build every image the compose file names (stand-ins where no registry answers)
+	deploy/images/build.sh base
+	deploy/images/build.sh wheels
+	docker build -q -f deploy/tornado/Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(APP_IMAGE) .
+	docker build -q -f deploy/nginx/Dockerfile --build-arg NGINX_IMAGE=$(NGINX_IMAGE) -t $(NGINX_STACK_IMAGE) .
+
+##@ Development
+
+.PHONY: dev
+dev: venv ## Run the app alone on Flask's built-in server with SQLite (no Docker)
+	APP_ENV=development $(VENV)/bin/flask --app app setup-db
+	@echo "serving on http://127.0.0.1:$(DEV_PORT)/ (Ctrl-C to stop)"
+	APP_ENV=development LOG_FORMAT=text $(VENV)/bin/flask --app app run --port $(DEV_PORT)
+
+.PHONY: venv
+venv: $(VENV)/.installed ## Create the host virtualenv from requirements/dev.lock
+
+$(VENV)/.installed: requirements/dev.lock
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --require-hashes -r requirements/dev.lock
+	touch $@
+
+.PHONY: lint
+lint: venv ## Lint and check formatting with ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+.PHONY: lock
+lock: ## Re-lock requirements/*.lock from requirements/*.in (needs PyPI)
+	$(PYTHON) -m pip install -q uv
+	cd requirements && uv pip compile app.in --python-version 3.13 --python-platform x86_64-manylinux_2_28 --generate-hashes -o app.lock -q
+	cd requirements && uv pip compile dev.in -c app.lock --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes -o dev.lock -q
+
+##@ Tests
+
+.PHONY: test
+test: lint test-unit test-integration test-e2e test-swarm ## The whole suite, as CI runs it (builds and starts what it needs)
+
+.PHONY: test-unit
+test-unit: venv ## Unit tests: SQLite, no Docker
+	$(PYTEST) tests/unit
+
+.PHONY: test-integration
+test-integration: venv images ## API and host-process tests against a throwaway Postgres container
+	deploy/scripts/testdb.sh run $(PYTEST) tests/integration
+
+.PHONY: test-e2e
+test-e2e: venv images ## End-to-end tests against a test stack on ports 18080/15000, then tear it down
+	$(MAKE) --no-print-directory test-stack-up
+	@rm -f build/e2e-figures.txt
+	status=0; PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) \
+	  STACK_URL=http://127.0.0.1:$(TEST_STACK_PORT) BASELINE_URL=http://127.0.0.1:$(TEST_DEVSERVER_PORT) \
+	  $(PYTEST) tests/e2e --ignore=tests/e2e/test_swarm.py || status=$$?; \
+	  $(MAKE) --no-print-directory test-stack-down; \
+	  if [[ -f build/e2e-figures.txt ]]; then echo "== figures measured by the e2e tests"; cat build/e2e-figures.txt; fi; \
+	  exit $$status
+
+# Alone and last: joining or leaving a swarm re-creates Docker's networking, which cuts the
+# network of containers running at that moment (seen with Docker 20.10 here).
+.PHONY: test-swarm
+test-swarm: venv images ## The Swarm deployment test on a single-node swarm it creates and leaves
+	$(PYTEST) tests/e2e/test_swarm.py
+	@grep -h "^FIGURE swarm" build/e2e-figures.txt 2>/dev/null || true
+
+.PHONY: faults
+faults: venv images ## Fault and attack tests on a test stack (kill, restart, slow clients, bad input); prints the figures
+	$(MAKE) --no-print-directory test-stack-up
+	status=0; PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) \
+	  STACK_URL=http://127.0.0.1:$(TEST_STACK_PORT) BASELINE_URL=http://127.0.0.1:$(TEST_DEVSERVER_PORT) \
+	  $(PY) deploy/scripts/faults.py || status=$$?; \
+	  $(MAKE) --no-print-directory test-stack-down; exit $$status
+
+# The test stack's env file: fresh secrets, its own ports.
+$(TEST_ENV_FILE): .env.example
+	@mkdir -p $(dir $@)
+	rm -f $@
+	PROJECT=$(TEST_PROJECT) ENV_FILE=$@ $(STACK) env
+	sed -i -e 's/^STACK_PORT=.*/STACK_PORT=$(TEST_STACK_PORT)/' -e 's/^DEVSERVER_PORT=.*/DEVSERVER_PORT=$(TEST_DEVSERVER_PORT)/' \
+	  -e 's/^TLS_PORT=.*/TLS_PORT=$(TEST_TLS_PORT)/' $@
+
+.PHONY: test-stack-up
+test-stack-up: $(TEST_ENV_FILE)
+	PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(COMPOSE) up -d --remove-orphans --scale app=3
+	PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(STACK) wait 300
+
+.PHONY: test-stack-down
+test-stack-down:
+	PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(COMPOSE) down --remove-orphans --volumes
+
+##@ Load test
+
+# The stack's published ports, as .env sets them.
+STACK_URL ?= http://127.0.0.1:$(shell $(STACK) get STACK_PORT 8080)
+BASELINE_URL ?= http://127.0.0.1:$(shell $(STACK) get DEVSERVER_PORT 5000)
+
+.PHONY: loadtest
+loadtest: venv ## Compare the stack with the built-in server (after `make up`); writes loadtest/results/<time>/
+	@if [[ "$${REFERENCE:-0}" == 1 ]]; then \
+	  echo "starting the reference targets (docker-compose.reference.yml)"; \
+	  REFERENCE=1 $(COMPOSE) up -d --scale app=$(APP_REPLICAS) --scale ref-nothread=$(APP_REPLICAS) \
+	    --scale ref-gunicorn=$(APP_REPLICAS); \
+	  REFERENCE=1 $(STACK) wait 180; \
+	fi
+	STACK_URL=$(STACK_URL) BASELINE_URL=$(BASELINE_URL) $(PY) -m loadtest.run

@@ -1,0 +1,161 @@
+"""One JSON error envelope for every status; tracebacks go to the log, never to the client."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from http import HTTPStatus
+from typing import Any
+
+from flask import Flask, Response, g, has_request_context, jsonify
+from sqlalchemy import exc as sa_exc
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from .extensions import db
+
+log = logging.getLogger(__name__)
+
+ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "service_unavailable",
+}
+
+
+class APIError(Exception):
+    """An error a view raises on purpose; rendered as the JSON envelope."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        fields: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code or ERROR_CODES.get(status, "error")
+        self.fields = fields
+
+
+def request_id() -> str | None:
+    """Return the current request's id, creating one if middleware has not run yet."""
+    if not has_request_context():
+        return None
+    if "request_id" not in g:
+        g.request_id = uuid.uuid4().hex
+    return str(g.request_id)
+
+
+def error_response(
+    status: int, message: str, code: str | None = None, fields: dict[str, str] | None = None
+) -> Response:
+    """Build the error envelope response."""
+    error: dict[str, Any] = {
+        "status": status,
+        "code": code or ERROR_CODES.get(status, _status_slug(status)),
+        "message": message,
+    }
+    if fields:
+        error["fields"] = fields
+    response = jsonify({"error": error, "request_id": request_id()})
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def is_database_unavailable(error: BaseException) -> bool:
+    """Tell whether a SQLAlchemy error means the database cannot be reached or is overloaded."""
+    if isinstance(error, sa_exc.TimeoutError):  # pool exhausted for pool_timeout seconds
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        return error.connection_invalidated or isinstance(
+            error, sa_exc.OperationalError | sa_exc.InterfaceError
+        )
+    return False
+
+
+def handle_api_error(error: APIError) -> Response:
+    """Render an APIError."""
+    return error_response(error.status, error.message, error.code, error.fields)
+
+
+def handle_http_exception(error: HTTPException) -> Response:
+    """Render werkzeug's own errors (404, 405, 413, ...) in the envelope, without their text."""
+    status = error.code or 500
+    response = error_response(status, _message(status))
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response
+
+
+def handle_database_error(error: Exception) -> Response:
+    """Answer 503 when the database is down or saturated, 500 (logged) for anything else."""
+    _rollback_quietly()
+    if is_database_unavailable(error):
+        log.warning("database unavailable: %s", type(error).__name__, exc_info=error)
+        return error_response(
+            503, "The database is unavailable; retry later.", "database_unavailable"
+        )
+    log.error("database error", exc_info=error)
+    return error_response(500, _message(500))
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Install the handlers; unexpected exceptions reach Flask's logged 500 path first."""
+    app.register_error_handler(APIError, handle_api_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(sa_exc.SQLAlchemyError, handle_database_error)
+    # Teardowns run in reverse order, so this runs before Flask-SQLAlchemy's own removal.
+    app.teardown_appcontext(_remove_session_quietly)
+
+
+def _remove_session_quietly(_error: BaseException | None) -> None:
+    """End the request's session; a connection the database closed meanwhile is no 500."""
+    try:
+        db.session.remove()
+    except sa_exc.SQLAlchemyError:
+        # The response is already built: losing the connection now must not replace it.
+        log.warning("closing the session failed: database connection lost", exc_info=True)
+        try:
+            # Discard the session's connection rather than return it to the pool: it is broken,
+            # or at least still inside the request's transaction.
+            db.session.registry().invalidate()
+        except sa_exc.SQLAlchemyError:
+            log.debug("invalidating the session failed", exc_info=True)
+        db.session.registry.clear()
+
+
+def _rollback_quietly() -> None:
+    """Roll back the request's session, ignoring a dead connection."""
+    try:
+        db.session.rollback()
+    except Exception:
+        log.debug("rollback after database error failed", exc_info=True)
+
+
+def _message(status: int) -> str:
+    """Return a fixed, client-safe message for a status."""
+    try:
+        return f"{HTTPStatus(status).phrase}."
+    except ValueError:
+        return "Error."
+
+
+def _status_slug(status: int) -> str:
+    """Return a snake_case code derived from the status phrase."""
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "error"

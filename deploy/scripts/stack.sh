@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Stack operations the Makefile calls: compose detection, env creation, health waits, rollout.
+# Works with `docker compose` (v2) and `docker-compose` (1.29, which lacks `up --wait`).
+set -euo pipefail
+
+PROJECT=${PROJECT:-flaskstack}
+ENV_FILE=${ENV_FILE:-.env}
+
+compose_files() {  # the base file plus the overrides the env (file) asks for
+    local files=(-f docker-compose.yml)
+    [[ -z $(env_value DATABASE_URL) ]] && files+=(-f docker-compose.postgres.yml)
+    [[ $(env_value TLS_ENABLED 0) == 1 ]] && files+=(-f docker-compose.tls.yml)
+    [[ $(env_value REFERENCE 0) == 1 ]] && files+=(-f docker-compose.reference.yml)
+    # Your own overrides: compose's conventional file, then COMPOSE_EXTRA_FILES (space-separated).
+    [[ -f docker-compose.override.yml ]] && files+=(-f docker-compose.override.yml)
+    local extra
+    for extra in $(env_value COMPOSE_EXTRA_FILES); do files+=(-f "$extra"); done
+    echo "${files[@]}"
+}
+
+compose() {
+    # shellcheck disable=SC2046  # word splitting of the -f list is intended
+    if docker compose version >/dev/null 2>&1; then
+        docker compose -p "$PROJECT" --env-file "$ENV_FILE" $(compose_files) "$@"
+    else
+        docker-compose -p "$PROJECT" --env-file "$ENV_FILE" $(compose_files) "$@"
+    fi
+}
+
+env_value() {  # env_value NAME [DEFAULT]: the shell's value, else the env file's, else
+               # .env.example's, else DEFAULT
+    local name=$1 default=${2:-} value file
+    value=${!name:-}
+    for file in "$ENV_FILE" .env.example; do
+        if [[ -z $value && -f $file ]]; then
+            value=$(sed -n "s/^${name}=//p" "$file" | tail -n 1)
+        fi
+    done
+    echo "${value:-$default}"
+}
+
+make_env() {  # create ENV_FILE from .env.example with fresh secrets, once
+    if [[ -f $ENV_FILE ]]; then
+        return 0
+    fi
+    python3 - "$ENV_FILE" <<'PY'
+import secrets, sys
+generated = {"SECRET_KEY", "JWT_SECRET_KEY", "POSTGRES_PASSWORD", "ADMIN_PASSWORD"}
+lines = []
+for line in open(".env.example", encoding="utf-8"):
+    name = line.split("=", 1)[0]
+    if name in generated and line.strip() == f"{name}=":
+        line = f"{name}={secrets.token_urlsafe(48)}\n"
+    lines.append(line)
+with open(sys.argv[1], "x", encoding="utf-8") as out:
+    out.writelines(lines)
+PY
+    chmod 600 "$ENV_FILE"
+    echo "created $ENV_FILE with fresh secrets (chmod 600)"
+}
+
+container_state() {  # container_state ID: health status, or the run state when it has no healthcheck
+    docker inspect -f '{{if eq .State.Status "exited"}}exited:{{.State.ExitCode}}{{else if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$1"
+}
+
+wait_healthy() {  # wait until every container is healthy (or exited 0 for one-shots)
+    local timeout=${1:-300} start=$SECONDS ids id state bad service services
+    services=$(compose config --services)
+    while true; do
+        bad=""
+        ids=$(compose ps -q)
+        for id in $ids; do
+            state=$(container_state "$id")
+            case $state in
+                healthy | running | exited:0) ;;
+                exited:*) echo "container $(docker inspect -f '{{.Name}}' "$id") failed ($state):" >&2
+                          docker logs --tail 40 "$id" >&2; return 1 ;;
+                *) bad="$bad $(docker inspect -f '{{.Name}}' "$id")=$state" ;;
+            esac
+        done
+        # A service whose container could not even be created has no id at all.
+        for service in $services; do
+            [[ -n $(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
+                    --filter "label=com.docker.compose.service=$service") ]] || bad="$bad $service=missing"
+        done
+        if [[ -z $bad && -n $ids ]]; then
+            echo "all services healthy after $((SECONDS - start)) s"
+            return 0
+        fi
+        if (( SECONDS - start > timeout )); then
+            echo "not healthy after ${timeout} s:$bad" >&2
+            compose ps >&2
+            return 1
+        fi
+        sleep 1
+    done
+}
+
+urls() {
+    local bind port dev
+    bind=$(env_value BIND_ADDR 127.0.0.1)
+    port=$(env_value STACK_PORT 8080)
+    dev=$(env_value DEVSERVER_PORT 5000)
+    echo
+    echo "  stack (nginx → $(compose ps -q app | wc -l) app replicas):  http://$bind:$port/"
+    echo "    API description:                 http://$bind:$port/openapi.json"
+    echo "    websocket events:                ws://$bind:$port/ws"
+    if [[ $(env_value TLS_ENABLED 0) == 1 ]]; then
+        echo "    HTTPS (HTTP/2):                  https://$bind:$(env_value TLS_PORT 8443)/"
+    fi
+    echo "  baseline (Flask built-in server):  http://$bind:$dev/"
+    echo "  admin user: $(env_value ADMIN_USERNAME admin), password in $ENV_FILE"
+    echo
+}
+
+rollout() {  # replace app replicas one at a time: start the new one, wait healthy, drain the old
+    local old new_ids id count before
+    old=$(compose ps -q app)
+    count=$(echo "$old" | wc -w)
+    echo "rolling out $count replicas, one at a time"
+    for id in $old; do
+        before=$(compose ps -q app | sort)
+        compose up -d --no-deps --no-recreate --scale app=$((count + 1)) app >/dev/null 2>&1
+        new_ids=$(comm -13 <(echo "$before") <(compose ps -q app | sort))
+        for new in $new_ids; do
+            until [[ $(container_state "$new") == healthy ]]; do
+                if [[ $(container_state "$new") == unhealthy || $(container_state "$new") == exited:* ]]; then
+                    echo "new replica $new did not become healthy; stopping the rollout" >&2
+                    return 1
+                fi
+                sleep 0.5
+            done
+        done
+        # nginx re-resolves `app` every 5 s: wait until it knows the new replica before the old
+        # one leaves. The old one then drains (SIGTERM): it refuses new connections, finishes
+        # what is in flight and closes keep-alive connections, so nginx loses no request.
+        sleep 6
+        docker stop -t 30 "$id" >/dev/null
+        docker rm "$id" >/dev/null
+        echo "  replaced $(echo "$id" | cut -c1-12) with $(echo "$new_ids" | cut -c1-12)"
+    done
+}
+
+cmd=${1:?usage: stack.sh compose|env|get|wait|urls|rollout ...}
+shift
+case $cmd in
+    compose) compose "$@" ;;
+    env) make_env ;;
+    get) env_value "$@" ;;
+    wait) wait_healthy "$@" ;;
+    urls) urls ;;
+    rollout) rollout ;;
+    *) echo "unknown command: $cmd" >&2; exit 2 ;;
+esac

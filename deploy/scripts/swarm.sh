@@ -1,0 +1,458 @@
+#!/usr/bin/env bash
+# The stack on Docker Swarm (`make swarm-up`, `make swarm-down`): the compose files `make` uses,
+# plus docker-compose.swarm.yml (and docker-compose.swarm.postgres.yml with the bundled
+# Postgres), rendered with the same env file and deployed as a stack.
+#
+#   swarm.sh up             join nothing, init a single-node swarm if this node is in none,
+#                           deploy (or update) the stack, wait until every service is healthy
+#   swarm.sh down [-v]      remove the stack (-v: and its volumes), wait until it is gone, and
+#                           leave the swarm if `up` created it and nothing else runs in it
+#   swarm.sh status         the stack's services and tasks
+#   swarm.sh render         print the file `up` deploys (it contains the env file's secrets)
+#
+# Settings (shell, else the env file, else .env.example, else the default):
+#   SWARM_STACK (flaskstack-swarm)  stack name; its networks and volumes are prefixed with it
+#                                   (not the compose project's name: `flaskstack_edge` exists)
+#   SWARM_PORT (STACK_PORT, 8080)   nginx's published port, on every interface: Swarm cannot
+#                                   bind a port to one address, so BIND_ADDR does not apply
+#   SWARM_PUBLISH_MODE (host)       host: the port on nginx's node, real client addresses;
+#                                   ingress: the routing mesh, every node, the mesh's address
+#   SWARM_ADVERTISE_ADDR (127.0.0.1)  for the swarm this script creates: a loopback address is
+#                                   a single-node swarm; for several machines `docker swarm init`
+#                                   yourself with the node's address and join the others first
+#   SWARM_RESOLVE_IMAGE (never)     `docker stack deploy --resolve-image`: never uses the local
+#                                   images; always/changed for images in a registry
+#   SWARM_TIMEOUT (300)             seconds `up` waits for the services, `down` for removal
+#   SWARM_STATE_DIR (build/swarm)   where `up` remembers that it created the swarm
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+STACK_SH=$ROOT/deploy/scripts/stack.sh
+# Paths given relative to the caller's directory stay valid after the cd below.
+ENV_FILE=$(realpath -m "${ENV_FILE:-.env}")
+export ENV_FILE
+STATE_DIR=$(realpath -m "${SWARM_STATE_DIR:-$ROOT/build/swarm}")
+cd "$ROOT"
+
+get() { "$STACK_SH" get "$@"; }  # the shell's value, else the env file's, else .env.example's
+
+STACK=$(get SWARM_STACK flaskstack-swarm)
+TIMEOUT=$(get SWARM_TIMEOUT 300)
+MARKER=$STATE_DIR/$STACK.swarm-init
+LABEL=com.docker.stack.namespace=$STACK
+PG_LABEL=flaskstack.postgres
+
+die() { echo "swarm.sh: $*" >&2; exit 1; }
+note() { echo "swarm.sh: $*"; }
+
+swarm_state() { docker info --format '{{.Swarm.LocalNodeState}}'; }
+cluster_id() { docker info --format '{{if .Swarm.Cluster}}{{.Swarm.Cluster.ID}}{{end}}'; }
+
+python_with_yaml() {  # an interpreter that has PyYAML (docker-compose 1.x brings it)
+    local py
+    for py in "${PYTHON:-python3}" "$ROOT/.venv/bin/python" /usr/bin/python3; do
+        if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import yaml' 2>/dev/null; then
+            echo "$py"
+            return 0
+        fi
+    done
+    die "rendering needs Python with PyYAML (apt-get install python3-yaml, or make venv)"
+}
+
+render() {  # the deployable stack file on stdout
+    local py
+    py=$(python_with_yaml)
+    # The same files and env file as `make`, plus this override. Rendering with the stack's
+    # name as the project makes compose v2's explicit network and volume names match the
+    # names `docker stack deploy` gives them.
+    SWARM_PORT=$(get SWARM_PORT "$(get STACK_PORT 8080)")
+    SWARM_PUBLISH_MODE=$(get SWARM_PUBLISH_MODE host)
+    SWARM_RESOLVE_IMAGE=$(get SWARM_RESOLVE_IMAGE never)
+    export SWARM_PORT SWARM_PUBLISH_MODE SWARM_RESOLVE_IMAGE
+    local files=(-f docker-compose.swarm.yml)
+    [[ -z $(get DATABASE_URL) ]] && files+=(-f docker-compose.swarm.postgres.yml)
+    PROJECT=$STACK "$STACK_SH" compose "${files[@]}" config | "$py" -c "$FILTER"
+}
+
+# What `docker stack deploy` refuses or ignores in a rendered compose file, and what this
+# filter does about each (docker-compose.swarm.yml restates the intent in Swarm's terms):
+#   services with deploy.replicas 0  left out (the devserver baseline)
+#   mem_limit, cpus                  refused: deploy.resources.limits in the override instead
+#   pids_limit                       refused: moved to deploy.resources.limits.pids (API 1.41)
+#   shm_size, tmpfs                  ignored: tmpfs mounts under `volumes` in the override
+#   restart                          ignored: deploy.restart_policy in the override
+#   security_opt                     ignored: Swarm services on Engine API 1.41 cannot set
+#                                    no-new-privileges (cap_drop ALL and a non-root user stay)
+#   build                            ignored: Swarm never builds; images must exist (or be in
+#                                    a registry every node can pull from)
+#   depends_on                       conditions refused, order ignored: the migration retries
+#                                    until Postgres answers and `up` waits for it
+#   ports with an address            Swarm cannot bind one address: published on every
+#                                    interface, in SWARM_PUBLISH_MODE, unless the override
+#                                    already publishes that container port
+#   cpus values                      numbers refused: strings
+#   (local images)                   with SWARM_RESOLVE_IMAGE=never each service gets its
+#                                    image's id as a container label, so `make images` and
+#                                    `make swarm-up` roll out a rebuilt image under the same tag
+# A compose key that is lost without a replacement (a tmpfs path or a memory limit the
+# override does not restate) is reported on stderr.
+read -r -d '' FILTER <<'PY' || true
+import os, re, subprocess, sys, yaml
+
+doc = yaml.safe_load(sys.stdin)
+doc.pop("name", None)  # compose v2
+doc.setdefault("version", "3.9")
+mode = os.environ.get("SWARM_PUBLISH_MODE", "host")
+local_images = os.environ.get("SWARM_RESOLVE_IMAGE", "never") == "never"
+lost = []
+for name, svc in list(doc.get("services", {}).items()):
+    deploy = svc.setdefault("deploy", {})
+    if deploy.get("replicas", 1) == 0:
+        del doc["services"][name]
+        continue
+    limits = deploy.setdefault("resources", {}).setdefault("limits", {})
+    if "cpus" in limits:
+        limits["cpus"] = str(limits["cpus"])
+    if "pids_limit" in svc:
+        limits.setdefault("pids", svc.pop("pids_limit"))
+    if svc.pop("mem_limit", None) and "memory" not in limits:
+        lost.append(f"{name}: mem_limit (set deploy.resources.limits.memory)")
+    if svc.pop("cpus", None) and "cpus" not in limits:
+        lost.append(f"{name}: cpus (set deploy.resources.limits.cpus)")
+    mounts = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in svc.get("volumes", [])}
+    for entry in svc.pop("tmpfs", []) or []:
+        if entry.split(":", 1)[0] not in mounts:
+            lost.append(f"{name}: tmpfs {entry} (add a tmpfs volume)")
+    for key in ("shm_size", "restart", "security_opt", "build", "depends_on"):
+        svc.pop(key, None)
+    ports, published = [], set()
+    for port in svc.get("ports", []):
+        if isinstance(port, dict):
+            port.pop("host_ip", None)  # compose v2's long form
+            ports.append(port)
+            published.add(int(port["target"]))
+    for port in svc.get("ports", []):
+        if isinstance(port, str):
+            m = re.fullmatch(r"(?:(.*):)?(\d+):(\d+)(?:/(tcp|udp))?", port)
+            if not m:
+                sys.exit(f"swarm.sh: cannot publish {name} port {port!r} on Swarm")
+            if int(m[3]) not in published:
+                ports.append({"target": int(m[3]), "published": int(m[2]),
+                              "protocol": m[4] or "tcp", "mode": mode})
+    if ports:
+        svc["ports"] = ports
+    if local_images and "image" in svc:
+        # Swarm updates a service when its spec changes, and a rebuilt image under the same
+        # tag changes nothing there: the local image's id, as a container label, does.
+        image_id = subprocess.run(
+            ["docker", "image", "inspect", "-f", "{{.Id}}", svc["image"]],
+            capture_output=True, text=True,
+        ).stdout.strip()
+        if not image_id:
+            sys.exit(f"swarm.sh: image {svc['image']} ({name}) is not on this machine: make images")
+        labels = svc.setdefault("labels", {})
+        if isinstance(labels, list):
+            labels = svc["labels"] = dict(item.split("=", 1) for item in labels)
+        labels["org.flaskstack.image-id"] = image_id
+for line in lost:
+    print(f"swarm.sh: not applied on Swarm: {line}", file=sys.stderr)
+yaml.safe_dump(doc, sys.stdout, sort_keys=False)
+PY
+
+stack_exists() { [[ -n $(docker service ls -q --filter "label=$LABEL" 2>/dev/null) ]]; }
+
+warn_running_containers() {  # swarm init/leave re-creates Docker's networking
+    local running
+    running=$(docker ps -q | wc -l)
+    if ((running > 0)); then
+        note "warning: $running containers run here; joining or leaving a swarm has cut running" \
+            "containers' networks on Docker 20.10 (make test-swarm runs alone for this reason)"
+    fi
+}
+
+ensure_swarm() {  # init a single-node swarm unless this node is already in one; remember it
+    local state
+    state=$(swarm_state)
+    case $state in
+        active)
+            [[ $(docker info --format '{{.Swarm.ControlAvailable}}') == true ]] ||
+                die "this node is a swarm worker: run this on a manager"
+            ;;
+        inactive)
+            local addr gwbridge=0
+            addr=$(get SWARM_ADVERTISE_ADDR 127.0.0.1)
+            docker network inspect docker_gwbridge >/dev/null 2>&1 && gwbridge=1
+            note "this node is in no swarm: creating a single-node swarm (advertised on $addr)"
+            warn_running_containers
+            docker swarm init --advertise-addr "$addr" >/dev/null
+            mkdir -p "$STATE_DIR"
+            # The swarm's id, and whether docker_gwbridge was there before it.
+            printf '%s %s\n' "$(cluster_id)" "$gwbridge" >"$MARKER"
+            ;;
+        *) die "this node's swarm state is '$state'; fix it (docker info) and retry" ;;
+    esac
+}
+
+label_postgres_node() {  # Postgres's data is local to one node: pin it (see the override)
+    [[ -n $(get DATABASE_URL) ]] && return 0  # your own database: no bundled Postgres
+    local node
+    for node in $(docker node ls -q); do
+        if [[ $(docker node inspect -f "{{index .Spec.Labels \"$PG_LABEL\"}}" "$node") == true ]]; then
+            return 0
+        fi
+    done
+    docker node update --label-add "$PG_LABEL=true" "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
+    note "labelled this node $PG_LABEL=true: the bundled Postgres and its data live here"
+}
+
+check_port_free() {  # fail early rather than watch nginx's task be rejected
+    local port=$1
+    stack_exists && return 0  # a redeploy: the stack's own nginx holds the port
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        die "port $port is in use on this machine (a compose stack? \`make down\`, or set SWARM_PORT)"
+    fi
+}
+
+service_names() { docker service ls --filter "label=$LABEL" --format '{{.Name}}' | sort; }
+
+# One line per unfinished service ("name: why"), nothing when the stack is up; a line FATAL
+# when waiting cannot help. A one-shot (restart_policy on-failure) is done when its newest
+# task completed; any other service when its update (if any) completed
+# and exactly the wanted replicas run, all of the current spec (Swarm counts a task with a
+# healthcheck as running only once it is healthy). $1: when this deploy started (UTC).
+pending() {
+    local ids tasks
+    ids=$(docker service ls -q --filter "label=$LABEL")
+    [[ -n $ids ]] || return 0
+    # shellcheck disable=SC2086  # one id per word
+    tasks=$(docker service ps -q --no-trunc $ids | sort -u)
+    {
+        # shellcheck disable=SC2086
+        docker service inspect $ids
+        echo
+        # shellcheck disable=SC2086
+        if [[ -n $tasks ]]; then docker inspect $tasks; else echo '[]'; fi
+    } | python3 -c "$PENDING" "$1"
+}
+
+read -r -d '' PENDING <<'PY' || true
+import json, sys
+
+decoder = json.JSONDecoder()
+text = sys.stdin.read()
+services, end = decoder.raw_decode(text)
+tasks, _ = decoder.raw_decode(text[end:].lstrip())
+since = sys.argv[1]
+
+
+def norm(value):
+    """A task spec as the service holds it: tasks lack empty and false fields and Runtime."""
+    if isinstance(value, dict):
+        value = {k: norm(v) for k, v in value.items() if k != "Runtime"}
+        return {k: v for k, v in value.items() if v not in ({}, [], None, "", False)}
+    if isinstance(value, list):
+        return [norm(v) for v in value]
+    return value
+
+
+for svc in sorted(services, key=lambda s: s["Spec"]["Name"]):
+    name, spec = svc["Spec"]["Name"], norm(svc["Spec"]["TaskTemplate"])
+    mine = [t for t in tasks if t["ServiceID"] == svc["ID"]]
+    errors = [t["Status"].get("Err", "") for t in sorted(mine, key=lambda t: t["UpdatedAt"])]
+    last_error = next((e for e in reversed(errors) if e), "")
+    why = f" (last error: {last_error})" if last_error else ""
+    if (spec.get("RestartPolicy") or {}).get("Condition") == "on-failure":
+        # `up` creates one-shots afresh: their newest task is the one that counts.
+        newest = sorted(mine, key=lambda t: t["CreatedAt"], reverse=True)
+        state = newest[0]["Status"]["State"] if newest else "not started"
+        if state != "complete":
+            print(f"{name}: {state}{why}")
+        continue
+    update = svc.get("UpdateStatus") or {}
+    state = update.get("State", "")
+    if state in ("updating", "rollback_started"):
+        print(f"{name}: {state}")
+        continue
+    if state in ("paused", "rollback_paused", "rollback_completed") and update.get(
+        "CompletedAt", update.get("StartedAt", "")
+    ) >= since:
+        print(f"{name}: update {state}: {update.get('Message', '')}")
+        print("FATAL")
+        continue
+    want = svc["Spec"]["Mode"].get("Replicated", {}).get("Replicas", 1)
+    running = [t for t in mine if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
+    fresh = [t for t in running if norm(t["Spec"]) == spec]
+    if len(running) != want or len(fresh) != want:
+        print(f"{name}: {len(fresh)}/{want} running{why}")
+PY
+
+wait_up() {  # wait_up SINCE: until pending reports nothing
+    local start=$SECONDS last=-10 out
+    while true; do
+        out=$(pending "$1")
+        if [[ -z $out && -n $(service_names) ]]; then
+            note "all services up after $((SECONDS - start)) s"
+            return 0
+        fi
+        if grep -q '^FATAL$' <<<"$out"; then
+            grep -v '^FATAL$' <<<"$out" >&2
+            die "the update failed; see \`docker service ps --no-trunc <service>\`"
+        fi
+        if ((SECONDS - start > TIMEOUT)); then
+            echo "$out" >&2
+            docker stack ps --no-trunc "$STACK" >&2 || true
+            for svc in $(service_names); do
+                echo "--- $svc (last log lines)" >&2
+                docker service logs --tail 15 --no-task-ids "$svc" >&2 2>&1 || true
+            done
+            die "not up after $TIMEOUT s"
+        fi
+        if ((SECONDS - last >= 10)); then
+            note "waiting: $(tr '\n' ';' <<<"$out" | sed 's/;$//; s/;/; /g')"
+            last=$SECONDS
+        fi
+        sleep 1
+    done
+}
+
+wait_nginx() {  # healthy tasks are in Swarm's DNS; nginx re-resolves `app` within 5 s
+    local port=$1 start=$SECONDS
+    if [[ $(get SWARM_PUBLISH_MODE host) == host &&
+        -z $(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_nginx") ]]; then
+        note "nginx runs on another node: not checked from here"
+        return 0
+    fi
+    until python3 -c 'import sys, urllib.request
+r = urllib.request.urlopen(sys.argv[1], timeout=3)
+sys.exit(0 if r.status == 200 and r.headers["X-Served-By"] else 1)' \
+        "http://127.0.0.1:$port/healthz" 2>/dev/null; do
+        if ((SECONDS - start > 30)); then
+            [[ $(get SWARM_PUBLISH_MODE host) == ingress ]] &&
+                echo "swarm.sh: the routing mesh needs IPVS (the ip_vs kernel module); without it use SWARM_PUBLISH_MODE=host" >&2
+            die "nginx does not answer on 127.0.0.1:$port after 30 s (docker service logs ${STACK}_nginx)"
+        fi
+        sleep 1
+    done
+}
+
+up() {
+    command -v docker >/dev/null || die "docker not found"
+    docker stack --help >/dev/null 2>&1 || die "this docker CLI has no \`docker stack\`"
+    "$STACK_SH" env
+    local port rendered since
+    port=$(get SWARM_PORT "$(get STACK_PORT 8080)")
+    # Render first: a broken env file fails here, before a swarm is created.
+    rendered=$(render) || die "rendering the compose files failed"
+    check_port_free "$port"
+    ensure_swarm
+    label_postgres_node
+    # A one-shot's completed task leaves its slot empty, so an update would not run it again:
+    # remove it and let the deploy create it afresh, so migrations run on every `up` as with
+    # Compose. (Replicas of a new image may start before they finish: keep migrations
+    # compatible with the code still running, as for any rolling update.)
+    local svc
+    for svc in $(service_names); do
+        if [[ $(docker service inspect -f '{{with .Spec.TaskTemplate.RestartPolicy}}{{.Condition}}{{end}}' "$svc") == on-failure ]]; then
+            docker service rm "$svc" >/dev/null
+        fi
+    done
+    note "deploying stack $STACK"
+    since=$(date -u +%Y-%m-%dT%H:%M:%S)
+    docker stack deploy --detach=true --prune --resolve-image "$(get SWARM_RESOLVE_IMAGE never)" \
+        -c - "$STACK" <<<"$rendered" | sed 's/^/  /'
+    wait_up "$since"
+    wait_nginx "$port"
+    cat <<TXT
+
+  stack $STACK on Swarm (nginx → $(docker service inspect -f '{{.Spec.Mode.Replicated.Replicas}}' "${STACK}_app") app replicas): http://127.0.0.1:$port/
+  The port is open on every interface of nginx's node, not only 127.0.0.1.
+  admin user: $(get ADMIN_USERNAME admin), password in $ENV_FILE
+  tasks: deploy/scripts/swarm.sh status    logs: docker service logs ${STACK}_app
+
+TXT
+}
+
+down() {
+    local volumes=0 start=$SECONDS left
+    [[ ${1:-} == -v || ${1:-} == --volumes ]] && volumes=1
+    if [[ $(swarm_state) == active ]]; then
+        if stack_exists; then
+            note "removing stack $STACK"
+            docker stack rm "$STACK" >/dev/null
+        elif [[ -z $(docker ps -aq --filter "label=$LABEL") ]]; then
+            note "no stack $STACK"
+        fi
+        # Tasks drain (app replicas within their 30 s grace), then networks go.
+        while true; do
+            left=$(docker ps -aq --filter "label=$LABEL" | wc -l)
+            left=$((left + $(docker network ls -q --filter "label=$LABEL" | wc -l)))
+            ((left == 0)) && break
+            if ((SECONDS - start > TIMEOUT)); then
+                die "stack $STACK still has $left containers or networks after $TIMEOUT s"
+            fi
+            sleep 1
+        done
+        ((SECONDS - start == 0)) || note "stack $STACK gone after $((SECONDS - start)) s"
+    else
+        note "this node is in no swarm: no stack $STACK to remove"
+    fi
+    if ((volumes)); then
+        # Swarm keeps named volumes: removed only on request (they hold the database).
+        local vols
+        vols=$(docker volume ls -q --filter "label=$LABEL")
+        if [[ -n $vols ]]; then
+            # shellcheck disable=SC2086  # one id per word
+            docker volume rm $vols >/dev/null
+            note "removed volumes: $(tr '\n' ' ' <<<"$vols")"
+        fi
+    fi
+    leave_if_ours
+}
+
+leave_if_ours() {  # leave the swarm only if `up` created it and nothing else runs in it
+    [[ -f $MARKER ]] || return 0
+    local id gwbridge
+    read -r id gwbridge <"$MARKER"
+    if [[ $(swarm_state) != active || $(cluster_id) != "$id" ]]; then
+        rm -f "$MARKER"  # that swarm is gone already
+        return 0
+    fi
+    if [[ -n $(docker service ls -q) ]]; then
+        note "not leaving the swarm $STACK created: other services run in it ($(docker stack ls --format '{{.Name}}' | tr '\n' ' '))"
+        return 0
+    fi
+    warn_running_containers
+    docker swarm leave --force >/dev/null
+    rm -f "$MARKER"
+    # The bridge Swarm created for its containers' way out, if it was not there before.
+    if [[ $gwbridge == 0 ]]; then
+        docker network rm docker_gwbridge >/dev/null 2>&1 || true
+    fi
+    note "left the single-node swarm created by \`swarm.sh up\`"
+}
+
+status() {
+    [[ $(swarm_state) == active ]] || die "this node is in no swarm"
+    docker stack services "$STACK"
+    echo
+    docker stack ps --filter desired-state=running "$STACK"
+    local out line
+    out=$(pending 0000)
+    echo
+    if [[ -z $out ]]; then
+        echo "all services up"
+    else
+        echo "not ready:"
+        while IFS= read -r line; do echo "  $line"; done <<<"$out"
+    fi
+}
+
+cmd=${1:?usage: swarm.sh up|down [-v]|status|render}
+shift
+case $cmd in
+    up) up ;;
+    down) down "$@" ;;
+    status) status ;;
+    render) render ;;
+    *) echo "unknown command: $cmd (up|down [-v]|status|render)" >&2; exit 2 ;;
+esac

@@ -1,0 +1,1 @@
+"""Locust scenarios, the comparison runner and its report (`make loadtest`)."""

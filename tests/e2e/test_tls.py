@@ -1,0 +1,114 @@
+"""HTTPS on nginx (docker-compose.tls.yml): HTTP/2, wss://, HSTS and the redirect from HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import ssl
+import subprocess
+import warnings
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from .conftest import ROOT, compose
+
+
+def wait_healthy() -> None:
+    subprocess.run(
+        [str(ROOT / "deploy" / "scripts" / "stack.sh"), "wait", "60"], cwd=ROOT, check=True
+    )
+
+
+@pytest.fixture(scope="module")
+def tls(stack_url):
+    """Recreate nginx with TLS on for this module, then put it back as it was."""
+    subprocess.run([str(ROOT / "deploy" / "scripts" / "certs.sh"), "certs"], cwd=ROOT, check=True)
+    env_file = ROOT / os.environ.get("ENV_FILE", ".env")
+    tls_port = next(
+        (line.split("=", 1)[1].strip() for line in env_file.read_text().splitlines()
+         if line.startswith("TLS_PORT=")),
+        "8443",
+    )  # fmt: skip
+    os.environ["TLS_ENABLED"] = "1"
+    try:
+        compose("up", "-d", "--no-deps", "nginx")
+        wait_healthy()
+        yield f"https://127.0.0.1:{tls_port}", str(ROOT / "certs" / "ca.crt")
+    finally:
+        os.environ.pop("TLS_ENABLED")
+        compose("up", "-d", "--no-deps", "nginx")
+        wait_healthy()
+
+
+def test_http2_is_negotiated(tls):
+    url, ca = tls
+    context = ssl.create_default_context(cafile=ca)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    with (
+        socket.create_connection((host, port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=host) as conn,
+    ):
+        assert conn.selected_alpn_protocol() == "h2"
+        assert conn.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def test_old_tls_versions_are_refused(tls):
+    url, ca = tls
+    context = ssl.create_default_context(cafile=ca)
+    with (
+        warnings.catch_warnings()
+    ):  # the client must be able to offer TLS 1.1 for this to mean anything
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    with (
+        socket.create_connection((host, port), timeout=5) as raw,
+        pytest.raises(ssl.SSLError) as refused,
+    ):
+        context.wrap_socket(raw, server_hostname=host)
+    assert "PROTOCOL_VERSION" in str(refused.value).upper()  # the server's alert, not the client's
+
+
+def test_https_serves_the_api_with_hsts(tls):
+    url, ca = tls
+    r = requests.get(f"{url}/api/posts", verify=ca, timeout=10)
+    assert r.status_code == 200
+    assert r.headers["Strict-Transport-Security"] == "max-age=63072000"
+    assert "X-Served-By" in r.headers
+
+
+def test_plain_http_redirects_to_https(tls, stack_url):
+    url, _ = tls
+    r = requests.post(f"{stack_url}/api/posts?x=1", json={}, allow_redirects=False, timeout=10)
+    assert r.status_code == 308
+    assert r.headers["Location"] == f"https://127.0.0.1:{urlsplit(url).port}/api/posts?x=1"
+    assert "Strict-Transport-Security" not in r.headers
+
+
+def test_websocket_over_wss(tls):
+    url, ca = tls
+    context = ssl.create_default_context(cafile=ca)
+
+    async def scenario() -> tuple[dict, str]:
+        request = HTTPRequest(url.replace("https://", "wss://") + "/ws", ssl_options=context)
+        ws = await websocket_connect(request)
+        try:
+            hello = json.loads(await ws.read_message())
+            ws.write_message("ping")
+            return hello, await asyncio.wait_for(ws.read_message(), 5)
+        finally:
+            ws.close()
+            await asyncio.sleep(0.05)
+
+    hello, pong = asyncio.run(scenario())
+    assert hello["type"] == "hello"
+    assert pong == "pong"
