@@ -43,7 +43,7 @@ help: ## Show this help
 .PHONY: up
 up: images env ## Build what is missing, start the stack, wait until healthy, print the URLs
 	@if [[ $$($(STACK) get TLS_ENABLED 0) == 1 ]]; then deploy/scripts/certs.sh certs; fi
-	$(COMPOSE) up -d --remove-orphans --scale app=$(APP_REPLICAS)
+	$(COMPOSE) up -d --remove-orphans --scale app=$(APP_REPLICAS) || { $(STACK) diagnose; exit 1; }
 	$(STACK) wait 300
 	$(STACK) urls
 

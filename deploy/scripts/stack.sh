@@ -63,6 +63,32 @@ container_state() {  # container_state ID: health status, or the run state when 
     docker inspect -f '{{if eq .State.Status "exited"}}exited:{{.State.ExitCode}}{{else if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$1"
 }
 
+password_hint() {  # explain the one failure a fresh .env causes on an old data volume
+    grep -q "password authentication failed" || return 0
+    cat <<EOT
+
+The database refused the password in $ENV_FILE. Postgres sets its password only when it
+creates its data volume, so a volume made with an earlier $ENV_FILE keeps the earlier one.
+Either restore that $ENV_FILE, or, if the data can go: make clean && make up
+EOT
+}
+
+report_failed() {  # report_failed ID STATE: a failed container's last log lines, and the likely fix
+    local logs
+    echo "container $(docker inspect -f '{{.Name}}' "$1") failed ($2):" >&2
+    logs=$(docker logs --tail 40 "$1" 2>&1)
+    echo "$logs" >&2
+    password_hint <<< "$logs" >&2
+}
+
+diagnose() {  # after a failed `up`: report every container of the project that exited non-zero
+    local id state
+    for id in $(compose ps -q); do
+        state=$(container_state "$id")
+        case $state in exited:0) ;; exited:*) report_failed "$id" "$state" ;; esac
+    done
+}
+
 wait_healthy() {  # wait until every container is healthy (or exited 0 for one-shots)
     local timeout=${1:-300} start=$SECONDS ids id state bad service services
     services=$(compose config --services)
@@ -73,8 +99,7 @@ wait_healthy() {  # wait until every container is healthy (or exited 0 for one-s
             state=$(container_state "$id")
             case $state in
                 healthy | running | exited:0) ;;
-                exited:*) echo "container $(docker inspect -f '{{.Name}}' "$id") failed ($state):" >&2
-                          docker logs --tail 40 "$id" >&2; return 1 ;;
+                exited:*) report_failed "$id" "$state"; return 1 ;;
                 *) bad="$bad $(docker inspect -f '{{.Name}}' "$id")=$state" ;;
             esac
         done
@@ -141,13 +166,14 @@ rollout() {  # replace app replicas one at a time: start the new one, wait healt
     done
 }
 
-cmd=${1:?usage: stack.sh compose|env|get|wait|urls|rollout ...}
+cmd=${1:?usage: stack.sh compose|env|get|wait|diagnose|urls|rollout ...}
 shift
 case $cmd in
     compose) compose "$@" ;;
     env) make_env ;;
     get) env_value "$@" ;;
     wait) wait_healthy "$@" ;;
+    diagnose) diagnose ;;
     urls) urls ;;
     rollout) rollout ;;
     *) echo "unknown command: $cmd" >&2; exit 2 ;;
