@@ -247,13 +247,13 @@ def containers_section(results: dict[str, Any]) -> list[str]:
             f"{_mib(idle[n]['mem'])}, {idle[n]['cpu']:.0f}%" if n in idle else DASH for n in names
         ]
         lines += [markdown_table(["when", *short], [["idle, before the first run", *row]]), ""]
+    # A comparison run has rounds; a step-load run (SHAPE=step) one entry per scenario and target.
+    loaded = [r for r in results["runs"] + results.get("steps", []) if "containers" in r]
     rows = []
     for scenario in results["config"]["scenarios"]:
         for target in results["targets"]:
             mine = [
-                r
-                for r in results["runs"]
-                if r["scenario"] == scenario and r["target"] == target["name"]
+                r for r in loaded if r["scenario"] == scenario and r["target"] == target["name"]
             ]
             if not mine:
                 continue
@@ -271,20 +271,19 @@ def containers_section(results: dict[str, Any]) -> list[str]:
     apps = [n for n in names if re.search(r"[_-]app[_-]\d+$", n)]
     if apps:
         idle_peak = max((idle[n]["mem"] for n in apps if n in idle), default=0.0)
-        load_peak = max(
-            (
-                r["containers"][n]["mem"]
-                for r in results["runs"]
-                for n in apps
-                if n in r["containers"]
-            ),
-            default=0.0,
+        load_peaks = [
+            r["containers"][n]["mem"] for r in loaded for n in apps if n in r["containers"]
+        ]
+        under_load = (
+            f"here {_mib(max(load_peaks))} at most"
+            + ("" if results["runs"] else ", under step load up to one step past the knee")
+            if load_peaks
+            else "not sampled in this run"
         )
         lines += [
             "",
             f"Budgets (DESIGN.md): an app replica under 120 MB idle, here {_mib(idle_peak)} "
-            "at most; "
-            f"under 200 MB at the default load, here {_mib(load_peak)} at most.",
+            f"at most; under 200 MB at the default load, {under_load}.",
         ]
     return lines
 

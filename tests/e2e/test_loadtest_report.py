@@ -128,3 +128,35 @@ def test_docker_stats_parsing():
     assert parse_size("1.2GB") == 1.2e9
     assert parse_size("junk") == 0.0
     assert parse_percent("153.20%") == 153.2
+
+
+def test_step_load_report_shows_each_containers_peak(tmp_path: Path):
+    """SHAPE=step has no rounds: the container table and the memory budget use its steps."""
+    app, dev = "flaskstack_app_1", "flaskstack_devserver_1"
+    results = results_with([])
+    results["config"]["scenarios"] = ["json"]
+    results["config"]["compose_project"] = "flaskstack"
+    results["docker"] = {
+        "containers": [app, dev],
+        "idle": {app: {"mem": 70 * 2**20, "cpu": 0.0}, dev: {"mem": 60 * 2**20, "cpu": 0.0}},
+    }
+    for target, app_mib in (("stack", 90), ("builtin", 75)):
+        results["steps"].append(
+            {
+                "scenario": "json",
+                "target": target,
+                "per_step": [{"users": 50, "rps": 700.0, "p50": 60, "p99": 600, "failures": 0}],
+                "knee": {"users": 50, "why": "p99 600 ms"},
+                "best": None,
+                "failures": 0,
+                "containers": {
+                    app: {"mem": app_mib * 2**20, "cpu": 45.0},
+                    dev: {"mem": 62 * 2**20, "cpu": 10.0},
+                },
+            }
+        )
+    report.write_report(tmp_path, results)
+    text = (tmp_path / "report.md").read_text()
+    assert "| json | stack | 90 MiB, 45% | 62 MiB, 10% |" in text
+    assert "| json | builtin | 75 MiB, 45% | 62 MiB, 10% |" in text
+    assert "under 200 MB at the default load, here 90 MiB at most, under step load" in text
