@@ -87,6 +87,8 @@ render() {  # the deployable stack file on stdout
 #                                    a registry every node can pull from)
 #   depends_on                       conditions refused, order ignored: the migration retries
 #                                    until Postgres answers and `up` waits for it
+#   dns_opt                          refused: dropped; a stopped Postgres task keeps its
+#                                    service name (a VIP), so lookups do not stall there
 #   ports with an address            Swarm cannot bind one address: published on every
 #                                    interface, in SWARM_PUBLISH_MODE, unless the override
 #                                    already publishes that container port
@@ -123,7 +125,7 @@ for name, svc in list(doc.get("services", {}).items()):
     for entry in svc.pop("tmpfs", []) or []:
         if entry.split(":", 1)[0] not in mounts:
             lost.append(f"{name}: tmpfs {entry} (add a tmpfs volume)")
-    for key in ("shm_size", "restart", "security_opt", "build", "depends_on"):
+    for key in ("shm_size", "restart", "security_opt", "build", "depends_on", "dns_opt"):
         svc.pop(key, None)
     ports, published = [], set()
     for port in svc.get("ports", []):
