@@ -165,11 +165,11 @@ test-swarm: venv images ## The Swarm deployment test on a single-node swarm it c
 	@grep -h "^FIGURE swarm" build/e2e-figures.txt 2>/dev/null || true
 
 .PHONY: faults
-faults: venv images ## Fault and attack tests on a test stack (kill, restart, slow clients, bad input); prints the figures
+faults: venv images ## Fault and attack tests on a test stack (K=postgres for one); prints the figures
 	$(MAKE) --no-print-directory test-stack-up
 	status=0; PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) \
 	  STACK_URL=http://127.0.0.1:$(TEST_STACK_PORT) BASELINE_URL=http://127.0.0.1:$(TEST_DEVSERVER_PORT) \
-	  $(PY) deploy/scripts/faults.py || status=$$?; \
+	  $(PY) deploy/scripts/faults.py $(if $(K),-k '$(K)') || status=$$?; \
 	  $(MAKE) --no-print-directory test-stack-down; exit $$status
 
 # The test stack's env file: fresh secrets, its own ports.
