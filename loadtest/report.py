@@ -274,12 +274,12 @@ def containers_section(results: dict[str, Any]) -> list[str]:
         load_peaks = [
             r["containers"][n]["mem"] for r in loaded for n in apps if n in r["containers"]
         ]
-        under_load = (
-            f"here {_mib(max(load_peaks))} at most"
-            + ("" if results["runs"] else ", under step load up to one step past the knee")
-            if load_peaks
-            else "not sampled in this run"
-        )
+        if not load_peaks:
+            under_load = "not sampled in this run"
+        else:
+            under_load = f"here {_mib(max(load_peaks))} at most"
+            if not results["runs"]:  # SHAPE=step
+                under_load += ", under step load up to one step past the knee"
         lines += [
             "",
             f"Budgets (DESIGN.md): an app replica under 120 MB idle, here {_mib(idle_peak)} "
