@@ -130,11 +130,26 @@ def test_exception_escaping_the_app_becomes_500_json(host_factory):
     assert "secret detail that must not leak" in host.output()  # logged, with its traceback
 
 
-def test_access_log_is_one_json_line_per_request(host_factory):
-    host = host_factory(APP_MODULE="hostapps:app")
-    requests.get(f"{host.url}/hello", headers={"X-Request-ID": "abc.1"}, timeout=5)
+def access_lines(host: Host, path: str) -> list[dict]:
     lines = [json.loads(line) for line in host.output().splitlines() if line.startswith("{")]
-    access = [e for e in lines if e["logger"] == "access" and e.get("path") == "/hello"]
+    return [e for e in lines if e["logger"] == "access" and e.get("path") == path]
+
+
+def test_access_log_is_off_by_default(host_factory):
+    """Behind nginx its access log is the one of record: the host writes no line per request."""
+    host = host_factory(APP_MODULE="hostapps:app")
+    assert requests.get(f"{host.url}/hello", timeout=5).status_code == 200
+    assert requests.get(f"{host.url}/healthz", timeout=5).status_code == 200
+    host.proc.send_signal(signal.SIGTERM)  # the output is complete once the process exits
+    assert host.proc.wait(timeout=15) == 0
+    assert access_lines(host, "/hello") == []
+    assert access_lines(host, "/healthz") == []
+
+
+def test_access_log_is_one_json_line_per_request(host_factory):
+    host = host_factory(APP_MODULE="hostapps:app", ACCESS_LOG="1")
+    requests.get(f"{host.url}/hello", headers={"X-Request-ID": "abc.1"}, timeout=5)
+    access = access_lines(host, "/hello")
     assert len(access) == 1
     entry = access[0]
     assert entry["request_id"] == "abc.1"
@@ -291,3 +306,121 @@ def test_listener_reconnects_after_losing_its_connection(host_factory, app_env, 
     event = asyncio.run(closing(scenario()))
     assert event["type"] == "post.created"
     assert "event listener lost its connection" in host.output()
+
+
+# --- bodies: read once by the host, parsed only by the app ------------------------------------
+
+UPLOAD_LIMIT_MB = 1
+BOUNDARY = "----flaskstack-test"
+
+
+@pytest.fixture(scope="module")
+def demo_host(app_env, tmp_path_factory):
+    """The real app in the real host, with a 1 MiB upload limit so big bodies stay small."""
+    tmp = tmp_path_factory.mktemp("demo-host")
+    host = Host(tmp, **app_env, UPLOAD_DIR=str(tmp / "uploads"), MAX_UPLOAD_MB=str(UPLOAD_LIMIT_MB))
+    yield host
+    host.stop()
+
+
+def broken_multipart() -> bytes:
+    """A multipart body whose closing boundary never comes."""
+    return (
+        f"--{BOUNDARY}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+        "Content-Type: text/plain\r\n\r\n"
+        "no closing boundary follows"
+    ).encode()
+
+
+BODY_CASES = {
+    "multipart without its closing boundary": (
+        "/api/uploads",
+        f"multipart/form-data; boundary={BOUNDARY}",
+        broken_multipart(),
+    ),
+    "multipart with no boundary at all": (
+        "/api/uploads",
+        "multipart/form-data",
+        broken_multipart(),
+    ),
+    "multipart with a boundary that is never used": (
+        "/api/uploads",
+        'multipart/form-data; boundary="elsewhere"',
+        broken_multipart(),
+    ),
+    "a form body on a JSON endpoint": (
+        "/api/posts",
+        "application/x-www-form-urlencoded",
+        b"title=hello&body=world",
+    ),
+    "a urlencoded body that is not valid UTF-8 or percent-encoding": (
+        "/api/posts",
+        "application/x-www-form-urlencoded",
+        b"title=%zz&%&body=\xff\xfe",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BODY_CASES, ids=list(BODY_CASES))
+def test_bad_bodies_get_the_apps_json_error(demo_host, case):
+    """Tornado does not parse bodies on the WSGI path: each gets the app's 4xx envelope."""
+    path, content_type, body = BODY_CASES[case]
+    headers = {**register_and_login(demo_host.url), "Content-Type": content_type}
+    headers["X-Request-ID"] = f"body-{secrets.token_hex(4)}"
+    r = requests.post(f"{demo_host.url}{path}", data=body, headers=headers, timeout=10)
+    assert 400 <= r.status_code < 500, r.text
+    assert r.headers["Content-Type"] == "application/json"
+    envelope = r.json()
+    assert envelope["error"]["status"] == r.status_code
+    assert envelope["request_id"] == headers["X-Request-ID"]
+    assert "<html" not in r.text.lower()
+
+
+def test_urlencoded_body_is_parsed_by_the_app_alone(demo_host):
+    """/api/echo shows the form as Werkzeug read it, bytes Tornado would have refused included."""
+    r = requests.post(
+        f"{demo_host.url}/api/echo",
+        data=b"a=1&a=2&odd=%zz&blank=",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["form"] == {"a": ["1", "2"], "odd": ["%zz"], "blank": [""]}
+
+
+def test_body_over_the_apps_limit_gets_its_413(demo_host):
+    """Over MAX_UPLOAD_MB but within the host's framing allowance: Flask answers 413."""
+    body = b"x" * (UPLOAD_LIMIT_MB * 1024 * 1024 + 10)
+    r = requests.post(
+        f"{demo_host.url}/api/echo",
+        data=body,
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=10,
+    )
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "payload_too_large"
+
+
+def test_body_over_the_hosts_limit_gets_a_413_envelope_unread(demo_host):
+    """A Content-Length past the host's max_body_size is answered before the body is read."""
+    length = (UPLOAD_LIMIT_MB + 1) * 1024 * 1024 + 1
+    with socket.create_connection(("127.0.0.1", demo_host.port), timeout=10) as sock:
+        sock.sendall(
+            (
+                "POST /api/echo HTTP/1.1\r\nHost: test\r\nX-Request-ID: too-big.1\r\n"
+                f"Content-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n"
+            ).encode()
+            + b"x" * 1024
+        )
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert b"Connection: close" in head
+    envelope = json.loads(body)
+    assert envelope["error"]["code"] == "payload_too_large"
+    assert envelope["request_id"] == "too-big.1"
+    # The process is unharmed: the next connection is served.
+    assert requests.get(f"{demo_host.url}/healthz", timeout=5).status_code == 200
