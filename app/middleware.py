@@ -1,4 +1,9 @@
-"""Per-request middleware: CORS allow-list, request id, timing, served-by, security headers."""
+"""Per-request middleware: CORS allow-list, request id, timing, served-by, security headers.
+
+The API is stateless (a JWT in the Authorization header), so no cookie session is opened or
+saved: Flask's default would build a signing serializer for every request and check the
+session again on every response, for a cookie this API never sets.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,49 @@ import time
 import uuid
 
 from flask import Flask, Response, g, request
+from flask.sessions import NullSession, SessionInterface
 
 from .extensions import cors
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "Cross-Origin-Opener-Policy": "same-origin",
-}
+# Added to every response unless the view set the header itself.
+DEFAULT_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cache-Control", "no-store"),
+)
+
+
+class NoSession(NullSession):
+    """flask.session for an API that keeps none: reads see an empty dict, writes fail loudly."""
+
+    def _fail(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            "This API keeps no cookie session: keep state in the database or in the JWT."
+        )
+
+    __setitem__ = __delitem__ = clear = pop = popitem = update = setdefault = _fail  # type: ignore[assignment]
+
+
+class NoSessionInterface(SessionInterface):
+    """Open no cookie session and never save one."""
+
+    null_session_class = NoSession
+
+    def open_session(self, app: Flask, request: object) -> NoSession:  # type: ignore[override]
+        return NoSession()
+
+    def save_session(self, app: Flask, session: object, response: Response) -> None:  # type: ignore[override]
+        return None
 
 
 def init_app(app: Flask) -> None:
     """Register CORS (allow-list only) and the before/after request hooks."""
     served_by = socket.gethostname()
+    app.session_interface = NoSessionInterface()
     if app.config["CORS_ORIGINS"]:
         cors.init_app(
             app,
@@ -52,7 +84,9 @@ def init_app(app: Flask) -> None:
         if "started" in g:
             elapsed_ms = (time.perf_counter() - g.started) * 1000
             response.headers["X-Response-Time"] = f"{elapsed_ms:.2f}ms"
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        response.headers.setdefault("Cache-Control", "no-store")
+        headers = response.headers
+        present = {name.lower() for name, _ in headers}  # one pass, not one per default
+        for name, value in DEFAULT_HEADERS:
+            if name.lower() not in present:
+                headers.add(name, value)
         return response

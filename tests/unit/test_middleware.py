@@ -70,3 +70,41 @@ def test_cors_preflight(app_factory) -> None:
     assert "authorization" in allowed_headers
     assert "idempotency-key" in allowed_headers
     assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+def test_defaults_do_not_override_what_a_view_set(app_factory) -> None:
+    """A view's own Cache-Control (or any default header) wins, and appears once."""
+    app = app_factory()
+
+    @app.get("/cached")
+    def cached():
+        return "ok", 200, {"Cache-Control": "public, max-age=60", "X-Frame-Options": "SAMEORIGIN"}
+
+    response = app.test_client().get("/cached")
+    assert response.headers.getlist("Cache-Control") == ["public, max-age=60"]
+    assert response.headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_no_cookie_session_is_kept(app_factory) -> None:
+    """The API is stateless: no Set-Cookie ever, and code that writes flask.session fails loudly."""
+    from flask import session
+
+    app = app_factory()
+
+    @app.get("/reads-session")
+    def reads():
+        return {"user": session.get("user")}
+
+    @app.get("/writes-session")
+    def writes():
+        session["user"] = "someone"
+        return "unreachable"
+
+    client = app.test_client()
+    response = client.get("/reads-session")
+    assert response.json == {"user": None}
+    assert "Set-Cookie" not in response.headers
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+    with pytest.raises(RuntimeError, match="no cookie session"):
+        client.get("/writes-session")
