@@ -19,8 +19,22 @@ NOISY_CORES = 0.25  # other work on the machine above this during a run makes it
 GEN_LIMIT = 0.70  # a result above this share of the generator's ceiling is generator-limited
 KNEE_P99_MS = 500.0
 
-# The issue's benchmark targets: stack ÷ built-in requests/s on the default run.
-TARGET_RATIOS = {"plaintext": 3.0, "json": 3.0, "db": 2.5, "io": 1.5, "api": 2.0}
+# The stack's performance budgets (loadtest/README.md), checked under "Against the budgets".
+# Stack ÷ built-in requests/s, paired by round.
+RATIO_BUDGETS = {
+    "plaintext": 3.0,
+    "json": 3.0,
+    "db": 2.5,
+    "queries": 2.5,
+    "fortunes": 2.5,
+    "io": 2.0,
+    "api": 2.0,
+}
+CPU_MS_BUDGETS = {"plaintext": 0.55, "json": 0.55}  # the stack's containers, CPU ms per request
+CPU_SHARE_BUDGET = 0.6  # stack ÷ built-in CPU per request, every scenario
+GUNICORN_SCENARIOS = ("json", "db", "io")  # REFERENCE=1: stack requests/s ≥ gunicorn's
+IDLE_MB_BUDGET = 120  # an app replica's memory, idle
+LOAD_MB_BUDGET = 200  # ... and at the default load
 
 
 # --- numbers ---------------------------------------------------------------------------
@@ -58,23 +72,78 @@ def median_min_max(values: list[float]) -> tuple[float, float, float] | None:
     return statistics.median(values), min(values), max(values)
 
 
-# The compose services that serve each target (the others idle meanwhile).
-TARGET_SERVICES = {
-    "stack": {"app", "nginx", "postgres"},
-    BASELINE: {"devserver", "postgres"},
-    "tornado-nothread": {"ref-nothread", "nginx", "postgres"},
-    "gunicorn": {"ref-gunicorn", "nginx", "postgres"},
+# The compose services that serve each target, by component: nginx in front, the Python server
+# (all its replicas added up) and Postgres. The other containers idle meanwhile.
+TARGET_SERVICES: dict[str, dict[str, str]] = {
+    "stack": {"nginx": "nginx", "server": "app", "postgres": "postgres"},
+    BASELINE: {"server": "devserver", "postgres": "postgres"},
+    "tornado-nothread": {"nginx": "nginx", "server": "ref-nothread", "postgres": "postgres"},
+    "gunicorn": {"nginx": "nginx", "server": "ref-gunicorn", "postgres": "postgres"},
 }
+# Where a request's CPU goes: the target's containers, their total, then Docker's own processes.
+COMPONENTS = {
+    "nginx": "nginx",
+    "server": "Python server",
+    "postgres": "Postgres",
+    "containers": "containers",
+    "proxy": "docker-proxy",
+    "engine": "docker engine",
+}
+
+
+def by_component(
+    results: dict[str, Any], run: dict[str, Any], per_container: dict[str, float]
+) -> dict[str, float]:
+    """A run's per-container figures added up per component of its target, their total under
+    "containers" (only that total, over every container, when the services are unknown)."""
+    services = results.get("docker", {}).get("services", {})
+    wanted = TARGET_SERVICES.get(run["target"])
+    if not services or not wanted:
+        return {"containers": sum(per_container.values())}
+    out = {
+        component: sum(v for n, v in per_container.items() if services.get(n) == service)
+        for component, service in wanted.items()
+    }
+    out["containers"] = sum(out.values())
+    return out
 
 
 def own_cores(results: dict[str, Any], run: dict[str, Any]) -> float:
     """Cores used during a run by the containers that serve its target (all, if unknown)."""
-    services = results.get("docker", {}).get("services", {})
-    wanted = TARGET_SERVICES.get(run["target"])
-    cores = run.get("container_cores", {})
-    if not services or not wanted:
-        return sum(cores.values())
-    return sum(v for n, v in cores.items() if services.get(n) in wanted)
+    return by_component(results, run, run.get("container_cores", {}))["containers"]
+
+
+def cpu_ms_per_request(results: dict[str, Any], run: dict[str, Any]) -> dict[str, float]:
+    """CPU ms that one request of a run cost, per component (COMPONENTS) that was measured.
+
+    CPU seconds over the whole run ÷ the requests it served, warm-up included on both sides;
+    failed requests are left out, as from requests/s.
+    """
+    served = run["requests_total"] - run["failures_total"]
+    if served <= 0:
+        return {}
+    seconds = {}
+    if run.get("container_cpu_s"):
+        seconds = by_component(results, run, run["container_cpu_s"])
+    for key in ("proxy", "engine"):
+        if f"{key}_cpu_s" in run:
+            seconds[key] = run[f"{key}_cpu_s"]
+    return {k: 1000 * v / served for k, v in seconds.items()}
+
+
+def _rps_by_round(runs: list[dict[str, Any]], scenario: str, target: str) -> dict[int, float]:
+    return {
+        r["round"]: r["rps"]
+        for r in runs
+        if r["scenario"] == scenario and r["target"] == target and r["rps"]
+    }
+
+
+def _paired_ratio(
+    mine: list[dict[str, Any]], other: dict[int, float]
+) -> tuple[float, float, float] | None:
+    """This target's requests/s ÷ another's in the same round, as median, min and max."""
+    return median_min_max([r["rps"] / other[r["round"]] for r in mine if r["round"] in other])
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -84,11 +153,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for scenario in results["config"]["scenarios"]:
         per_target: dict[str, Any] = {}
-        base_by_round = {
-            r["round"]: r["rps"]
-            for r in runs
-            if r["scenario"] == scenario and r["target"] == BASELINE and r["rps"]
-        }
+        base_by_round = _rps_by_round(runs, scenario, BASELINE)
+        gunicorn_by_round = _rps_by_round(runs, scenario, "gunicorn")
         for target in results["targets"]:
             name = target["name"]
             if target.get("skipped"):
@@ -97,11 +163,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             mine = [r for r in runs if r["scenario"] == scenario and r["target"] == name]
             if not mine:
                 continue
-            ratios = [
-                r["rps"] / base_by_round[r["round"]]
-                for r in mine
-                if name != BASELINE and r["round"] in base_by_round
-            ]
+            per_request = [cpu_ms_per_request(results, r) for r in mine]
             limited = []
             for r in mine:
                 ceiling = ceilings.get(str(r["processes"]))
@@ -115,12 +177,14 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 "p99": median_min_max([r["p99"] for r in mine]),
                 "failures": sum(r["failures_total"] for r in mine),
                 "requests": sum(r["requests_total"] for r in mine),
-                "ratio": median_min_max(ratios),
+                "ratio": None if name == BASELINE else _paired_ratio(mine, base_by_round),
+                "ratio_gunicorn": _paired_ratio(mine, gunicorn_by_round),
                 "generator_limited_rounds": limited,
                 "processes": sorted({r["processes"] for r in mine}),
                 "gen_cores": median_min_max([r["gen_cores"] for r in mine]),
                 "machine_busy": median_min_max([r["machine_busy"] for r in mine]),
                 "proxy_cores": median_min_max([r.get("proxy_cores", 0.0) for r in mine]),
+                "engine_cores": median_min_max([r.get("engine_cores") for r in mine]),
                 "server_cores": median_min_max(
                     [own_cores(results, r) for r in mine]
                     if any(r.get("container_cores") for r in mine)
@@ -129,13 +193,14 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 "other_cores": median_min_max(
                     [r["other_cores"] for r in mine if r.get("other_cores") is not None]
                 ),
-                "cpu_ms_per_request": median_min_max(
-                    [
-                        1000 * own_cores(results, r) / r["rps"]
-                        for r in mine
-                        if r.get("container_cores") and r["rps"]
-                    ]
+                "containers_unread": sorted(
+                    {n for r in mine for n in r.get("containers_unread", [])}
                 ),
+                "cpu_ms": {
+                    k: mmm
+                    for k in COMPONENTS
+                    if (mmm := median_min_max([p[k] for p in per_request if k in p]))
+                },
             }
         summary[scenario] = per_target
     return summary
@@ -179,6 +244,12 @@ def table_rows(results: dict[str, Any], summary: dict[str, Any]) -> list[list[st
                 flags.append(f"⚠ generator-limited (round {rounds})")
             if s.get("other_cores") and s["other_cores"][0] > NOISY_CORES:
                 flags.append(f"noisy: other work took {s['other_cores'][0]:.1f} cores")
+            if s["containers_unread"]:
+                project = results["config"]["compose_project"]
+                gone = ", ".join(
+                    n.removeprefix(project).lstrip("_-") for n in s["containers_unread"]
+                )
+                flags.append(f"CPU not read: {gone} (gone or recreated during the run)")
             rows.append(
                 [
                     scenario,
@@ -228,6 +299,10 @@ def _mib(b: float) -> str:
     return f"{b / 2**20:,.0f} MiB"
 
 
+def _app_containers(names: list[str]) -> list[str]:
+    return [n for n in names if re.search(r"[_-]app[_-]\d+$", n)]
+
+
 def containers_section(results: dict[str, Any]) -> list[str]:
     docker = results.get("docker", {})
     if not docker.get("containers"):
@@ -235,10 +310,10 @@ def containers_section(results: dict[str, Any]) -> list[str]:
     names = docker["containers"]
     short = [n.removeprefix(results["config"]["compose_project"]).lstrip("_-") for n in names]
     lines = [
-        "Per container: peak memory and peak CPU (100% = one core) from `docker stats "
-        "--no-stream` sampled about every 2 s during each run (warm-up included), highest over "
-        "the rounds; then the mean CPU in cores over the run from the container's cgroup, "
-        "median over the rounds.",
+        "Per container: peak memory and peak CPU (100% = one core), read from the container's "
+        "cgroup files every 0.5 s during each run (warm-up included) and counted as `docker "
+        "stats` counts them (memory without the inactive file cache), highest over the rounds; "
+        "then the mean CPU in cores over the run, median over the rounds.",
         "",
     ]
     idle = docker.get("idle", {})
@@ -247,13 +322,13 @@ def containers_section(results: dict[str, Any]) -> list[str]:
             f"{_mib(idle[n]['mem'])}, {idle[n]['cpu']:.0f}%" if n in idle else DASH for n in names
         ]
         lines += [markdown_table(["when", *short], [["idle, before the first run", *row]]), ""]
-    # A comparison run has rounds; a step-load run (SHAPE=step) one entry per scenario and target.
-    loaded = [r for r in results["runs"] + results.get("steps", []) if "containers" in r]
     rows = []
     for scenario in results["config"]["scenarios"]:
         for target in results["targets"]:
             mine = [
-                r for r in loaded if r["scenario"] == scenario and r["target"] == target["name"]
+                r
+                for r in _loaded(results)
+                if r["scenario"] == scenario and r["target"] == target["name"]
             ]
             if not mine:
                 continue
@@ -268,87 +343,167 @@ def containers_section(results: dict[str, Any]) -> list[str]:
                 cells.append(cell)
             rows.append([scenario, target["name"], *cells])
     lines.append(markdown_table(["scenario", "target", *short], rows))
-    apps = [n for n in names if re.search(r"[_-]app[_-]\d+$", n)]
-    if apps:
-        idle_peak = max((idle[n]["mem"] for n in apps if n in idle), default=0.0)
-        load_peaks = [
-            r["containers"][n]["mem"] for r in loaded for n in apps if n in r["containers"]
-        ]
-        if not load_peaks:
-            under_load = "not sampled in this run"
-        else:
-            under_load = f"here {_mib(max(load_peaks))} at most"
-            if not results["runs"]:  # SHAPE=step
-                under_load += ", under step load up to one step past the knee"
-        lines += [
-            "",
-            f"Budgets (DESIGN.md): an app replica under 120 MB idle, here {_mib(idle_peak)} "
-            f"at most; under 200 MB at the default load, {under_load}.",
-        ]
     return lines
 
 
-def targets_section(summary: dict[str, Any]) -> list[str]:
+def _loaded(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Runs with container peaks: a comparison's rounds, or a step load's scenario and target."""
+    return [r for r in results["runs"] + results.get("steps", []) if "containers" in r]
+
+
+def cpu_section(results: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """Where one request's CPU goes, per component, for every scenario and target."""
     rows = []
-    for scenario, goal in TARGET_RATIOS.items():
-        s = summary.get(scenario, {})
-        stack, base = s.get("stack"), s.get(BASELINE)
-        if not stack or "skipped" in stack or not stack.get("ratio") or not base:
-            continue
-        ratio = stack["ratio"][0]
-        met = ratio >= goal
-        extra = ""
-        if scenario == "io" and stack["p99"] and base.get("p99"):
-            lower = stack["p99"][0] < base["p99"][0]
-            met = met and lower
-            extra = f"; p99 {fmt_ms(stack['p99'][0])} vs {fmt_ms(base['p99'][0])} ms"
-        rows.append(
-            [
-                scenario,
-                f"≥ {goal:g}{TIMES}",
-                f"{ratio:.2f}{TIMES}{extra}",
-                "met" if met else "MISSED",
-                "" if met else _why(stack, base),
-            ]
-        )
-    fails = {
-        sc: s["stack"]["failures"] for sc, s in summary.items() if "failures" in s.get("stack", {})
-    }
-    if fails:
-        total = sum(fails.values())
-        rows.append(
-            [
-                "all",
-                "no failed request on the stack",
-                f"{total:,}",
-                "met" if not total else "MISSED",
-                "",
-            ]
-        )
+    for scenario, per_target in summary.items():
+        for target in results["targets"]:
+            s = per_target.get(target["name"])
+            if not s or "skipped" in s or not s["cpu_ms"]:
+                continue
+            rows.append(
+                [scenario, target["name"], *(_range(s["cpu_ms"].get(k), 2) for k in COMPONENTS)]
+            )
     if not rows:
-        return ["No stack and built-in pair was measured."]
+        return ["Not measured: no run read its containers' CPU (see *Containers*)."]
     return [
-        markdown_table(["scenario", "target", "measured (median)", "", "what limited it"], rows),
+        f"CPU ms per request, median over rounds (min{DASH}max): each component's CPU time over "
+        "the whole run ÷ the successful requests of that run, warm-up included on both sides. "
+        "*Python server* is the `app` replicas added up (stack), the `devserver` (built-in), or "
+        "the `ref-nothread` or `ref-gunicorn` replicas (reference targets); nginx is on every "
+        "path but the built-in server's. *containers* is their total with Postgres, from their "
+        "cgroups: the figure the budgets check. Then, outside the containers, on the same "
+        "scale: `docker-proxy` (every connection to a published port) and the docker engine "
+        "(dockerd, containerd and the containerd shims, through which every line a container "
+        "writes to stdout passes).",
         "",
-        "*What limited it*: median over rounds, what one request cost the servers in CPU and "
-        "how many cores they got. Requests/s = server cores ÷ CPU per request, so the ratio is "
-        f"(stack cores ÷ built-in cores) {TIMES} (built-in CPU per request ÷ stack CPU per "
-        "request): on a saturated machine the first factor is capped by the cores left over, "
-        "the second is the hosting's efficiency. `PROFILE=1` shows where that CPU goes.",
+        markdown_table(["scenario", "target", *COMPONENTS.values()], rows),
     ]
 
 
-def _why(stack: dict[str, Any], base: dict[str, Any]) -> str:
-    """The measured facts behind a missed target: CPU per request, cores, contention."""
-    parts = []
-    if stack.get("cpu_ms_per_request") and base.get("cpu_ms_per_request"):
-        parts.append(
-            f"CPU per request {stack['cpu_ms_per_request'][0]:.2f} ms (stack) vs "
-            f"{base['cpu_ms_per_request'][0]:.2f} ms (built-in)"
+def budgets_section(results: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """Each of the stack's performance budgets, met or missed, with the figures."""
+    rows = []
+    status = {True: "met", False: "MISSED", None: "not measured"}
+    for scenario, s in summary.items():
+        stack, base = s.get("stack"), s.get(BASELINE)
+        if not stack or "skipped" in stack or not base or "skipped" in base:
+            continue
+        checks: list[tuple[str, str, bool | None]] = []
+        goal = RATIO_BUDGETS.get(scenario)
+        if goal and stack["ratio"]:
+            ratio = stack["ratio"][0]
+            checks.append(
+                (f"requests/s ≥ {goal:g}{TIMES} built-in", f"{ratio:.2f}{TIMES}", ratio >= goal)
+            )
+        cpu, base_cpu = stack["cpu_ms"].get("containers"), base["cpu_ms"].get("containers")
+        limit = CPU_MS_BUDGETS.get(scenario)
+        if limit and cpu:
+            checks.append((f"CPU per request ≤ {limit:g} ms", f"{cpu[0]:.2f} ms", cpu[0] <= limit))
+        if cpu and base_cpu and base_cpu[0]:
+            share = cpu[0] / base_cpu[0]
+            checks.append(
+                (
+                    f"CPU per request ≤ {CPU_SHARE_BUDGET:g}{TIMES} built-in",
+                    f"{cpu[0]:.2f} vs {base_cpu[0]:.2f} ms ({share:.2f}{TIMES})",
+                    share <= CPU_SHARE_BUDGET,
+                )
+            )
+        if stack["p99"] and base["p99"]:
+            checks.append(
+                (
+                    "p99 below built-in, no failed request",
+                    f"p99 {fmt_ms(stack['p99'][0])} vs {fmt_ms(base['p99'][0])} ms, "
+                    f"{stack['failures']:,} failed",
+                    stack["p99"][0] < base["p99"][0] and not stack["failures"],
+                )
+            )
+        for budget, measured, met in checks:
+            why = _why(stack, base, "built-in") if met is False else ""
+            rows.append([scenario, budget, measured, status[met], why])
+        gunicorn = s.get("gunicorn")
+        if gunicorn and scenario in GUNICORN_SCENARIOS:
+            met = None
+            measured = gunicorn.get("skipped", "no round of both")
+            if stack["ratio_gunicorn"]:
+                ratio = stack["ratio_gunicorn"][0]
+                met = ratio >= 1.0
+                measured = (
+                    f"{ratio:.2f}{TIMES} ({_n(stack['rps'][0])} vs "
+                    f"{_n(gunicorn['rps'][0])} requests/s)"
+                )
+            why = _why(stack, gunicorn, "gunicorn") if met is False else ""
+            rows.append([scenario, "requests/s ≥ gunicorn gthread", measured, status[met], why])
+    rows += _memory_rows(results)
+    if not rows:
+        return ["No stack and built-in pair was measured."]
+    return [
+        "The stack's performance budgets (`loadtest/README.md`), each checked against the "
+        "medians over rounds.",
+        "",
+        markdown_table(["scenario", "budget", "measured (median)", "", "what limited it"], rows),
+        "",
+        "*What limited it*, where a budget is missed: the stack's component with the largest CPU "
+        "per request (all components: *Where a request's CPU goes*), what one request cost the "
+        "servers in CPU and how many cores they got. Requests/s = server cores ÷ CPU per "
+        f"request, so a ratio is (stack cores ÷ other cores) {TIMES} (other CPU per request ÷ "
+        "stack CPU per request): on a saturated machine the first factor is capped by the cores "
+        "left over, the second is the hosting's efficiency. `PROFILE=1` shows where inside a "
+        "server process that CPU goes.",
+    ]
+
+
+def _memory_rows(results: dict[str, Any]) -> list[list[str]]:
+    """The app replica's memory budgets, idle and at the default load (or the step load)."""
+    apps = _app_containers(results.get("docker", {}).get("containers", []))
+    if not apps:
+        return []
+    rows = []
+    idle = results["docker"].get("idle", {})
+    idle_mem = {n: idle[n]["mem"] for n in apps if n in idle}
+    loaded = {}
+    for r in _loaded(results):
+        for n in apps:
+            if n in r["containers"]:
+                loaded[n] = max(loaded.get(n, 0.0), r["containers"][n]["mem"])
+    where = "under step load, up to one step past the knee" if not results["runs"] else ""
+    for label, limit, peaks, when in (
+        ("idle", IDLE_MB_BUDGET, idle_mem, ""),
+        ("at the default load", LOAD_MB_BUDGET, loaded, where),
+    ):
+        if not peaks:
+            continue
+        top = max(peaks, key=peaks.__getitem__)
+        mb = peaks[top] / 1e6
+        rows.append(
+            [
+                "all",
+                f"an app replica under {limit} MB {label}",
+                f"{mb:,.0f} MB at most" + (f", {when}" if when else ""),
+                "met" if mb < limit else "MISSED",
+                "" if mb < limit else top,
+            ]
         )
-    if stack.get("server_cores") and base.get("server_cores"):
+    return rows
+
+
+def _largest(s: dict[str, Any], target: str) -> str:
+    """The component of a target whose CPU per request is largest, and that figure."""
+    parts = {k: v[0] for k, v in s["cpu_ms"].items() if k != "containers"}
+    if not parts:
+        return ""
+    top = max(parts, key=parts.__getitem__)
+    label = TARGET_SERVICES[target][top] if top == "server" else COMPONENTS[top]
+    return f"largest CPU per request: {label} {parts[top]:.2f} ms"
+
+
+def _why(stack: dict[str, Any], other: dict[str, Any], other_name: str) -> str:
+    """The measured facts behind a missed budget: the costliest component, cores, contention."""
+    parts = [_largest(stack, "stack")]
+    cpu, other_cpu = stack["cpu_ms"].get("containers"), other.get("cpu_ms", {}).get("containers")
+    if cpu and other_cpu:
+        parts.append(f"containers {cpu[0]:.2f} ms (stack) vs {other_cpu[0]:.2f} ms ({other_name})")
+    if stack.get("server_cores") and other.get("server_cores"):
         parts.append(
-            f"server cores {stack['server_cores'][0]:.2f} vs {base['server_cores'][0]:.2f}"
+            f"server cores {stack['server_cores'][0]:.2f} vs {other['server_cores'][0]:.2f}"
         )
     if stack.get("machine_busy"):
         parts.append(f"machine {100 * stack['machine_busy'][0]:.0f}% busy")
@@ -356,7 +511,7 @@ def _why(stack: dict[str, Any], base: dict[str, Any]) -> str:
         parts.append(f"other work {stack['other_cores'][0]:.2f} cores")
     if stack.get("generator_limited_rounds"):
         parts.append("generator-limited")
-    return "; ".join(parts)
+    return "; ".join(p for p in parts if p)
 
 
 def knee_section(results: dict[str, Any]) -> list[str]:
@@ -497,12 +652,12 @@ def write_report(out_dir: Path, results: dict[str, Any]) -> str:
             f"Charts: `throughput.png` (requests/s, bars = median, whiskers = min{DASH}max), "
             "`latency.png` (p50/p95/p99).",
             "",
-            "## Against the issue's targets",
-            "",
-            *targets_section(summary),
-            "",
         ]
     lines += knee_section(results)
+    if summary or _memory_rows(results):
+        lines += ["## Against the budgets", "", *budgets_section(results, summary), ""]
+    if summary:
+        lines += ["## Where a request's CPU goes", "", *cpu_section(results, summary), ""]
     lines += ["## Load generator", ""]
     if ceiling.get("rps"):
         cells = ", ".join(
@@ -536,9 +691,10 @@ def write_report(out_dir: Path, results: dict[str, Any]) -> str:
                         ",".join(map(str, s["processes"])),
                         _range(s["gen_cores"], 2),
                         _range(s["proxy_cores"], 2),
+                        _range(s["engine_cores"], 2),
                         _range(s["server_cores"], 2),
                         _range(s["other_cores"], 2),
-                        _range(s["cpu_ms_per_request"], 2),
+                        _range(s["cpu_ms"].get("containers"), 2),
                         _range(s["machine_busy"] and tuple(100 * v for v in s["machine_busy"])),
                     ]
                 )
@@ -546,16 +702,17 @@ def write_report(out_dir: Path, results: dict[str, Any]) -> str:
             f"Where the machine's {machine['cores']} cores went during the runs, in cores, median "
             f"(min{DASH}max): the generator (Locust master and workers); `docker-proxy`, "
             "Docker's userland proxy, which every connection to a port published on 127.0.0.1 "
-            "goes through (both targets); the containers serving the target (from their "
-            "cgroups: app replicas, nginx and Postgres for the stack; devserver and Postgres for "
-            "the built-in server); other work on the machine (busy time that neither the "
-            "generator, the proxies nor any of this project's containers explain, dockerd "
-            "included); and the whole machine's busy share. "
+            "goes through (both targets); the docker engine (dockerd, containerd and the "
+            "containerd shims, which carry every line the containers log); the containers "
+            "serving the target (from their cgroups: app replicas, nginx and Postgres for the "
+            "stack; devserver and Postgres for the built-in server; the reference replicas, "
+            "nginx and Postgres for a reference target); other work on the machine (busy time "
+            "that neither the generator, the proxies, the engine nor any of this project's "
+            "containers explain); and the whole machine's busy share. "
             f"Other work above {NOISY_CORES:g} cores marks a result as noisy. CPU per request "
-            "is the containers' CPU time ÷ requests served: what one request costs the server "
-            "side (app, nginx and Postgres for the stack; devserver and Postgres for the "
-            "built-in server), which contention on a busy machine changes far less than "
-            "requests/s.",
+            "is those containers' CPU time over the run ÷ the requests it served: what one "
+            "request costs the server side, which contention on a busy machine changes far "
+            "less than requests/s; *Where a request's CPU goes* splits it by component.",
             "",
             markdown_table(
                 [
@@ -564,6 +721,7 @@ def write_report(out_dir: Path, results: dict[str, Any]) -> str:
                     "Locust processes",
                     "generator",
                     "docker-proxy",
+                    "docker engine",
                     "containers",
                     "other work",
                     "containers' CPU ms per request",

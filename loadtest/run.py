@@ -34,7 +34,13 @@ from urllib.parse import urlsplit
 import requests
 
 from loadtest import profile, report
-from loadtest.sampling import CgroupCPU, DockerSampler, ProcessTreeSampler, compose_containers
+from loadtest.sampling import (
+    CGROUP_ROOT,
+    Cgroups,
+    ContainerSampler,
+    ProcessTreeSampler,
+    compose_containers,
+)
 
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
@@ -150,7 +156,11 @@ def parse_config(argv: list[str]) -> Config:
     add("--step-users", type=int, default=int(_env("STEP_USERS", "5" if smoke else "50")))
     add("--step-time", type=float, default=float(_env("STEP_TIME", "3" if smoke else "8")))
     add("--step-max", type=int, default=int(_env("STEP_MAX", "10" if smoke else "600")))
-    add("--docker-stats", default=_env("DOCKER_STATS", "1"), help="0: do not sample containers")
+    add(
+        "--docker-stats",
+        default=_env("DOCKER_STATS", "1"),
+        help="0: do not read the containers' memory and CPU from their cgroups",
+    )
     add("--profile", action="store_true", default=_flag(_env("PROFILE", "0")), help="py-spy pass")
     add(
         "--timeout",
@@ -291,7 +301,6 @@ class Runner:
         self.cfg = cfg
         self.out_dir = out_dir
         self.containers = containers
-        self.cgroups = CgroupCPU(containers)
         self.started = time.monotonic()
 
     def locust(
@@ -349,7 +358,9 @@ class Runner:
         if processes > 1:
             cmd += ["--processes", str(processes)]
         log_path = Path(f"{base}.log")
-        with open(log_path, "w") as log, DockerSampler(self.containers) as docker:
+        # Looked up again before every run: a recreated container keeps its name, not its id.
+        cgroups = Cgroups.of(self.containers)
+        with open(log_path, "w") as log, ContainerSampler(cgroups) as containers:
             proc = subprocess.Popen(  # noqa: S603 - our own argv, no shell
                 cmd,
                 env=run_env,
@@ -360,7 +371,7 @@ class Runner:
             )
             cpu = ProcessTreeSampler(proc.pid)
             cpu.start()
-            cg0 = self.cgroups.snapshot()
+            cg0 = cgroups.cpu_seconds()
             try:
                 code = proc.wait(timeout=runtime + 60)
             except (subprocess.TimeoutExpired, KeyboardInterrupt) as exc:
@@ -374,7 +385,7 @@ class Runner:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
             finally:
-                cg1 = self.cgroups.snapshot()
+                cg1 = cgroups.cpu_seconds()
                 cpu.stop()
         measured = [json.loads(p.read_text()) for p in sorted(measure_dir.glob("measure-*.json"))]
         window = report.merge_times([m["window"] for m in measured])
@@ -383,15 +394,14 @@ class Runner:
         for m in measured:
             for k, v in m["errors"].items():
                 errors[k] = errors.get(k, 0) + v
+        container_cpu = {n: cg1[n] - cg0[n] for n in cg1 if n in cg0}
         # What else ran on the machine meanwhile: busy cores not explained by the generator,
-        # the userland proxies or this project's containers (dockerd's own work included).
+        # the userland proxies, the Docker engine or this project's containers.
         cores = os.cpu_count() or 1
         explained = (
-            cpu.cores
-            + cpu.proxy_cores
-            + sum((cg1[n] - cg0[n]) / cpu.wall for n in cg1 if n in cg0 and cpu.wall)
+            cpu.cores + cpu.proxy_cores + cpu.engine_cores + sum(container_cpu.values()) / cpu.wall
         )
-        other = max(0.0, cpu.machine_busy * cores - explained) if self.cgroups.files else None
+        other = max(0.0, cpu.machine_busy * cores - explained) if cgroups.groups else None
         result = {
             "other_cores": None if other is None else round(other, 3),
             "processes": processes,
@@ -412,12 +422,18 @@ class Runner:
             "gen_cpu_seconds": round(cpu.cpu_seconds, 2),
             "machine_busy": round(cpu.machine_busy, 3),
             "proxy_cores": round(cpu.proxy_cores, 3),
-            "container_cores": {
-                n: round((cg1[n] - cg0[n]) / cpu.wall, 3) for n in cg1 if n in cg0 and cpu.wall
-            },
-            "containers": docker.peaks,
+            "proxy_cpu_s": round(cpu.proxy_cpu_seconds, 4),
+            "engine_cores": round(cpu.engine_cores, 3),
+            "engine_cpu_s": round(cpu.engine_cpu_seconds, 4),
+            # Over the whole run, as requests_total: the report divides one by the other.
+            "container_cpu_s": {n: round(v, 4) for n, v in container_cpu.items()},
+            "container_cores": {n: round(v / cpu.wall, 3) for n, v in container_cpu.items()},
+            "containers": containers.peaks,
             "log": log_path.name,
         }
+        unread = sorted(set(self.containers) - container_cpu.keys())
+        if unread:  # gone or replaced during the run: its CPU is missing from the figures
+            result["containers_unread"] = unread
         if not measured:
             tail = log_path.read_text()[-2000:]
             result["error"] = f"Locust wrote no measurements (exit {code}); log tail:\n{tail}"
@@ -845,15 +861,18 @@ def main(argv: list[str] | None = None) -> int:
         containers, why_not = compose_containers(cfg.compose_project)
     else:
         containers, why_not = [], "DOCKER_STATS=0"
-    docker: dict[str, Any] = {"containers": containers}
+    cgroups = Cgroups.of(containers)
+    if containers and not cgroups.groups:
+        containers, why_not = [], f"no container's cgroup found under {CGROUP_ROOT}"
+    docker: dict[str, Any] = {"containers": containers, "services": cgroups.services}
     if why_not:
         docker["reason"] = why_not
-        print(f"  container stats: not sampled ({why_not})", flush=True)
+        print(f"  containers: not sampled ({why_not})", flush=True)
     else:
-        from loadtest.sampling import docker_stats_once
-
-        docker["idle"] = docker_stats_once(containers)
-        print(f"  container stats: sampling {', '.join(containers)}", flush=True)
+        with ContainerSampler(cgroups) as idle:
+            time.sleep(1.0)
+        docker["idle"] = idle.peaks
+        print(f"  containers: reading the cgroups of {', '.join(containers)}", flush=True)
 
     results: dict[str, Any] = {
         "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -872,7 +891,6 @@ def main(argv: list[str] | None = None) -> int:
         "notes": [busy_note] if busy_note else [],
     }
     runner = Runner(cfg, out_dir, containers)
-    docker["services"] = runner.cgroups.services
     try:
         measure_ceiling(cfg, runner, results)
         if cfg.shape == "step":

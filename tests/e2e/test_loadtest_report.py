@@ -1,12 +1,14 @@
-"""The load-test report's arithmetic, on made-up runs (no stack needed, nothing timed)."""
+"""The load-test report's arithmetic and the cgroup readings, on made-up runs and files
+(no stack needed, nothing timed)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from loadtest import report
+from loadtest.report import DASH, TIMES
 from loadtest.run import parse_config, step_knee
-from loadtest.sampling import parse_percent, parse_size
+from loadtest.sampling import Cgroups, ContainerSampler
 
 
 def run(scenario, target, rnd, rps, p99=10.0, failures=0, processes=1):
@@ -123,11 +125,187 @@ def test_knee_is_the_first_step_over_500_ms_or_with_failures():
     assert out["best"] == {"users": 20, "rps": 150.0}
 
 
-def test_docker_stats_parsing():
-    assert parse_size("12.5MiB") == 12.5 * 2**20
-    assert parse_size("1.2GB") == 1.2e9
-    assert parse_size("junk") == 0.0
-    assert parse_percent("153.20%") == 153.2
+def write_files(directory: Path, files: dict[str, str]) -> None:
+    directory.mkdir(parents=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+
+
+def test_cgroup_v1_memory_and_cpu_as_docker_stats_counts_them(tmp_path: Path):
+    """v1: a tree per controller; memory is usage_in_bytes less total_inactive_file."""
+    cid = "a" * 64
+    write_files(
+        tmp_path / "memory" / "docker" / cid,
+        {
+            "memory.usage_in_bytes": f"{100 * 2**20}\n",
+            "memory.stat": f"cache 9\ninactive_file 1\ntotal_inactive_file {4 * 2**20}\n",
+        },
+    )
+    write_files(tmp_path / "cpuacct" / "docker" / cid, {"cpuacct.usage": "2500000000\n"})
+    cgroups = Cgroups({"p_app_1": (cid, "app"), "p_gone_1": ("b" * 64, "gone")}, root=tmp_path)
+    assert list(cgroups.groups) == ["p_app_1"]
+    assert cgroups.services == {"p_app_1": "app", "p_gone_1": "gone"}
+    assert cgroups.memory() == {"p_app_1": 96 * 2**20}
+    assert cgroups.cpu_seconds() == {"p_app_1": 2.5}
+
+
+def test_cgroup_v2_memory_and_cpu_under_either_driver(tmp_path: Path):
+    """v2: one tree, systemd's docker-<id>.scope or cgroupfs's docker/<id>; memory.current
+    less inactive_file, and the whole usage when the cache is not below it."""
+    systemd, cgroupfs = "c" * 64, "d" * 64
+    write_files(
+        tmp_path / "system.slice" / f"docker-{systemd}.scope",
+        {
+            "memory.current": f"{50 * 2**20}\n",
+            "memory.stat": f"anon 1\ninactive_file {2 * 2**20}\n",
+            "cpu.stat": "usage_usec 1500000\nuser_usec 1000000\n",
+        },
+    )
+    write_files(
+        tmp_path / "docker" / cgroupfs,
+        {
+            "memory.current": "4096\n",
+            "memory.stat": "inactive_file 8192\n",
+            "cpu.stat": "usage_usec 250000\n",
+        },
+    )
+    cgroups = Cgroups({"db": (systemd, "postgres"), "web": (cgroupfs, "nginx")}, root=tmp_path)
+    assert cgroups.memory() == {"db": 48 * 2**20, "web": 4096}
+    assert cgroups.cpu_seconds() == {"db": 1.5, "web": 0.25}
+
+    # The sampler keeps each container's peak; entering and leaving each read once.
+    with ContainerSampler(cgroups, interval=3600) as sampler:
+        (tmp_path / "docker" / cgroupfs / "memory.current").write_text(f"{2**20 + 8192}\n")
+    assert sampler.samples == 2
+    assert sampler.peaks["web"]["mem"] == 2**20
+    assert sampler.peaks["db"]["mem"] == 48 * 2**20
+
+
+PROJECT = "flaskstack"
+SERVICES = {
+    f"{PROJECT}_nginx_1": "nginx",
+    f"{PROJECT}_app_1": "app",
+    f"{PROJECT}_app_2": "app",
+    f"{PROJECT}_postgres_1": "postgres",
+    f"{PROJECT}_devserver_1": "devserver",
+    f"{PROJECT}_ref-gunicorn_1": "ref-gunicorn",
+}
+
+
+def measured(scenario, target, rnd, rps, cpu_s, proxy_s=0.08, engine_s=0.04):
+    """A run that served 1,000 requests, so 0.1 CPU seconds is 0.1 ms per request; `cpu_s`
+    is per compose service, shared out among its containers."""
+    r = run(scenario, target, rnd, rps)
+    r["requests_total"] = 1000
+    replicas = {svc: sum(s == svc for s in SERVICES.values()) for svc in SERVICES.values()}
+    r["container_cpu_s"] = {n: cpu_s.get(svc, 0.0) / replicas[svc] for n, svc in SERVICES.items()}
+    r["container_cores"] = {n: v / 10 for n, v in r["container_cpu_s"].items()}
+    r.update(proxy_cpu_s=proxy_s, engine_cpu_s=engine_s, proxy_cores=0.01, engine_cores=0.004)
+    return r
+
+
+def cpu_results(runs, reference=False):
+    results = results_with(runs)
+    results["config"]["compose_project"] = PROJECT
+    results["docker"] = {"containers": sorted(SERVICES), "services": SERVICES}
+    if reference:
+        results["targets"].append({"name": "gunicorn", "url": "http://g", "description": "g"})
+    return results
+
+
+def report_lines(tmp_path: Path, results) -> list[str]:
+    report.write_report(tmp_path, results)
+    return (tmp_path / "report.md").read_text().splitlines()
+
+
+def test_cpu_per_request_by_component_matches_the_containers_figure(tmp_path: Path):
+    # Containers off a target's path (nginx and the replicas, for the built-in server) idle
+    # and do not count for it.
+    stack_cpu = {"nginx": 0.1, "app": 0.3, "postgres": 0.05, "devserver": 0.02}
+    builtin_cpu = {"nginx": 0.2, "app": 0.02, "postgres": 0.04, "devserver": 0.4}
+    runs = [
+        measured("json", "stack", 1, 100, stack_cpu),
+        measured("json", "builtin", 1, 40, builtin_cpu, proxy_s=0.04, engine_s=0.02),
+    ]
+    results = cpu_results(runs)
+    s = report.summarize(results)["json"]
+    assert {k: round(v[0], 6) for k, v in s["stack"]["cpu_ms"].items()} == {
+        "nginx": 0.1,
+        "server": 0.3,
+        "postgres": 0.05,
+        "containers": 0.45,
+        "proxy": 0.08,
+        "engine": 0.04,
+    }
+    assert "nginx" not in s["builtin"]["cpu_ms"]
+
+    runs[0]["containers_unread"] = [f"{PROJECT}_app_2"]  # recreated mid-run: flagged
+    lines = report_lines(tmp_path, results)
+    result = next(line for line in lines if line.startswith("| json | stack | 100 |"))
+    assert result.endswith("| CPU not read: app_2 (gone or recreated during the run) |")
+    assert "## Where a request's CPU goes" in lines
+    assert "| json | stack | 0.10 | 0.30 | 0.05 | 0.45 | 0.08 | 0.04 |" in lines
+    assert f"| json | builtin | {DASH} | 0.40 | 0.04 | 0.44 | 0.04 | 0.02 |" in lines
+    # The load generator table's per-request column is the same containers' total.
+    generator = [line for line in lines if line.startswith("| json | stack | 1 | 0.50 |")]
+    assert len(generator) == 1 and generator[0].endswith("| 0.45 | 90 |")
+
+
+def test_cpu_budgets_met_and_missed_name_the_largest_component(tmp_path: Path):
+    cheap = {"nginx": 0.1, "app": 0.3, "postgres": 0.05}  # 0.45 ms per request
+    costly = {"nginx": 0.1, "app": 0.5, "postgres": 0.1}  # 0.70 ms per request
+    builtin = {"devserver": 1.0, "postgres": 0.1}  # 1.10 ms per request
+    runs = [
+        measured("json", "stack", 1, 100, cheap),
+        measured("json", "builtin", 1, 30, builtin),
+        measured("plaintext", "stack", 1, 100, costly),
+        measured("plaintext", "builtin", 1, 30, builtin),
+    ]
+    lines = report_lines(tmp_path, cpu_results(runs))
+    assert "## Against the budgets" in lines
+    rows = {tuple(line.split(" | ")[:2]): line for line in lines if " | " in line}
+    assert rows["| json", "CPU per request ≤ 0.55 ms"].endswith("| 0.45 ms | met |  |")
+    assert rows["| json", f"CPU per request ≤ 0.6{TIMES} built-in"].endswith(
+        f"| 0.45 vs 1.10 ms (0.41{TIMES}) | met |  |"
+    )
+    assert rows["| json", f"requests/s ≥ 3{TIMES} built-in"].endswith(f"| 3.33{TIMES} | met |  |")
+    assert rows["| plaintext", "CPU per request ≤ 0.55 ms"].endswith(
+        "| 0.70 ms | MISSED | largest CPU per request: app 0.50 ms; "
+        "containers 0.70 ms (stack) vs 1.10 ms (built-in); server cores 0.07 vs 0.11; "
+        "machine 90% busy |"
+    )
+    share = rows["| plaintext", f"CPU per request ≤ 0.6{TIMES} built-in"]
+    assert f"| 0.70 vs 1.10 ms (0.64{TIMES}) | MISSED | largest CPU per request: app" in share
+    p99 = rows["| json", "p99 below built-in, no failed request"]
+    assert "| p99 10 vs 10 ms, 0 failed | MISSED |" in p99  # equal is not below
+    text = "\n".join(lines)
+    assert "≥ gunicorn" not in text  # without REFERENCE=1 there is nothing to compare it with
+    for gone in ("issue", "DESIGN.md", "session"):
+        assert gone not in text
+
+
+def test_gunicorn_budget_met_and_missed(tmp_path: Path):
+    cpu = {"nginx": 0.1, "app": 0.3, "postgres": 0.05}
+    gunicorn = {"nginx": 0.1, "ref-gunicorn": 0.2, "postgres": 0.05}
+    runs = [
+        measured("json", "stack", 1, 100, cpu),
+        measured("json", "builtin", 1, 30, cpu),
+        measured("json", "gunicorn", 1, 90, gunicorn),
+        measured("db", "stack", 1, 100, cpu),
+        measured("db", "builtin", 1, 30, cpu),
+        measured("db", "gunicorn", 1, 125, gunicorn),
+    ]
+    lines = report_lines(tmp_path, cpu_results(runs, reference=True))
+    assert (
+        f"| json | requests/s ≥ gunicorn gthread | 1.11{TIMES} (100 vs 90 requests/s) | met |  |"
+        in lines
+    )
+    missed = next(line for line in lines if line.startswith("| db | requests/s ≥ gunicorn"))
+    assert missed.startswith(
+        f"| db | requests/s ≥ gunicorn gthread | 0.80{TIMES} (100 vs 125 requests/s) | MISSED | "
+        "largest CPU per request: app 0.30 ms; containers 0.45 ms (stack) vs 0.35 ms (gunicorn)"
+    )
+    assert "| db | gunicorn | 0.10 | 0.20 | 0.05 | 0.35 | 0.08 | 0.04 |" in lines
 
 
 def test_step_load_report_shows_each_containers_peak(tmp_path: Path):
@@ -159,4 +337,7 @@ def test_step_load_report_shows_each_containers_peak(tmp_path: Path):
     text = (tmp_path / "report.md").read_text()
     assert "| json | stack | 90 MiB, 45% | 62 MiB, 10% |" in text
     assert "| json | builtin | 75 MiB, 45% | 62 MiB, 10% |" in text
-    assert "under 200 MB at the default load, here 90 MiB at most, under step load" in text
+    assert "| all | an app replica under 120 MB idle | 73 MB at most | met |" in text
+    assert (
+        "| all | an app replica under 200 MB at the default load | 94 MB at most, under step load"
+    ) in text
