@@ -25,7 +25,7 @@ ENV_DEFAULTS: dict[str, str | None] = {
     "JWT_SECRET_KEY": None,
     "JWT_ACCESS_MINUTES": "15",
     "DATABASE_URL": None,
-    "DB_POOL_SIZE": "10",
+    "DB_POOL_SIZE": "16",
     "DB_MAX_OVERFLOW": "2",
     "DB_POOL_TIMEOUT": "3",
     "DB_CONNECT_TIMEOUT": "3",
@@ -73,6 +73,7 @@ def load_config(
     for key, (low, high) in INT_SETTINGS.items():
         settings[key] = _int_setting(key, settings[key], low, high)
     _check_secrets(settings)
+    settings["LOG_FORMAT"] = str(settings["LOG_FORMAT"]).lower()
     if settings["LOG_FORMAT"] not in ("json", "text"):
         raise ConfigError("LOG_FORMAT must be json or text")
     settings["LOG_LEVEL"] = str(settings["LOG_LEVEL"]).upper()

@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import logging
-import uuid
-from http import HTTPStatus
-from typing import Any
 
 from flask import Flask, Response, g, has_request_context, jsonify
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from .contract import error_code, error_envelope, error_message, new_request_id
 from .extensions import db
 
 log = logging.getLogger(__name__)
-
-ERROR_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    429: "rate_limited",
-    500: "internal_error",
-    503: "service_unavailable",
-}
 
 
 class APIError(Exception):
@@ -44,7 +27,7 @@ class APIError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.code = code or ERROR_CODES.get(status, "error")
+        self.code = code or error_code(status)
         self.fields = fields
 
 
@@ -53,7 +36,7 @@ def request_id() -> str | None:
     if not has_request_context():
         return None
     if "request_id" not in g:
-        g.request_id = uuid.uuid4().hex
+        g.request_id = new_request_id()
     return str(g.request_id)
 
 
@@ -61,14 +44,7 @@ def error_response(
     status: int, message: str, code: str | None = None, fields: dict[str, str] | None = None
 ) -> Response:
     """Build the error envelope response."""
-    error: dict[str, Any] = {
-        "status": status,
-        "code": code or ERROR_CODES.get(status, _status_slug(status)),
-        "message": message,
-    }
-    if fields:
-        error["fields"] = fields
-    response = jsonify({"error": error, "request_id": request_id()})
+    response = jsonify(error_envelope(status, request_id(), message, code, fields))
     response.status_code = status
     if status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
@@ -94,7 +70,7 @@ def handle_api_error(error: APIError) -> Response:
 def handle_http_exception(error: HTTPException) -> Response:
     """Render werkzeug's own errors (404, 405, 413, ...) in the envelope, without their text."""
     status = error.code or 500
-    response = error_response(status, _message(status))
+    response = error_response(status, error_message(status))
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         response.headers["Allow"] = ", ".join(error.valid_methods)
     return response
@@ -109,7 +85,7 @@ def handle_database_error(error: Exception) -> Response:
             503, "The database is unavailable; retry later.", "database_unavailable"
         )
     log.error("database error", exc_info=error)
-    return error_response(500, _message(500))
+    return error_response(500, error_message(500))
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -143,19 +119,3 @@ def _rollback_quietly() -> None:
         db.session.rollback()
     except Exception:
         log.debug("rollback after database error failed", exc_info=True)
-
-
-def _message(status: int) -> str:
-    """Return a fixed, client-safe message for a status."""
-    try:
-        return f"{HTTPStatus(status).phrase}."
-    except ValueError:
-        return "Error."
-
-
-def _status_slug(status: int) -> str:
-    """Return a snake_case code derived from the status phrase."""
-    try:
-        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
-    except ValueError:
-        return "error"

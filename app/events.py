@@ -13,17 +13,25 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from flask import Flask
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
+from .contract import EVENT_CHANNEL, listen_dsn
 from .extensions import db
 
-CHANNEL = "app_events"
+CHANNEL = EVENT_CHANNEL
 MAX_PAYLOAD_BYTES = 7999  # Postgres NOTIFY payloads must be shorter than 8000 bytes
 _PENDING = "app_events_pending"
 
 log = logging.getLogger(__name__)
 _subscribers: list[Callable[[dict[str, Any]], None]] = []
+
+
+def listen_target(app: Flask) -> tuple[str, str] | None:
+    """Where a listener hears this app's events: (libpq address, channel), None off Postgres."""
+    dsn = listen_dsn(app.config["SQLALCHEMY_DATABASE_URI"])
+    return (dsn, CHANNEL) if dsn else None
 
 
 def subscribe(callback: Callable[[dict[str, Any]], None]) -> None:

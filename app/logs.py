@@ -1,41 +1,14 @@
-"""Logging setup: one stderr handler, JSON or text, with the request id on every line."""
+"""Logging setup for the app on its own (the built-in server, the CLI, tests).
+
+The line itself, JSON or text with the request id on every line, is `contract.log_handler`'s: the
+Tornado host installs the same handler, so the app's lines read alike under either.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-from datetime import UTC, datetime
 
-from flask import g, has_request_context
-
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
-
-
-class RequestIdFilter(logging.Filter):
-    """Attach the current request id (or None) to each record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Set record.request_id and keep the record."""
-        record.request_id = g.get("request_id") if has_request_context() else None
-        return True
-
-
-class JsonFormatter(logging.Formatter):
-    """Format records as one JSON object per line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Return the record as a JSON line, with the traceback as a string field."""
-        entry = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", None),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+from .contract import log_handler
 
 
 def configure_logging(level: str, fmt: str) -> None:
@@ -51,8 +24,6 @@ def configure_logging(level: str, fmt: str) -> None:
         return
     for handler in ours:
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = log_handler(fmt)
     handler.flaskstack = True  # type: ignore[attr-defined]
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)

@@ -7,17 +7,15 @@ session again on every response, for a cookie this API never sets.
 
 from __future__ import annotations
 
-import re
 import socket
 import time
-import uuid
 
 from flask import Flask, Response, g, request
 from flask.sessions import NullSession, SessionInterface
 
+from .contract import current_request_id, new_request_id, sane_request_id
 from .extensions import cors
 
-REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # Added to every response unless the view set the header itself.
 DEFAULT_HEADERS = (
     ("X-Content-Type-Options", "nosniff"),
@@ -71,14 +69,14 @@ def init_app(app: Flask) -> None:
     def start_request() -> None:
         """Honour a sane X-Request-ID, else generate one, and start the clock."""
         g.started = time.perf_counter()
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if REQUEST_ID_PATTERN.fullmatch(incoming) else uuid.uuid4().hex
+        g.request_id = sane_request_id(request.headers.get("X-Request-ID")) or new_request_id()
+        current_request_id.set(g.request_id)  # for log lines written while the request runs
 
     @app.after_request
     def finish_request(response: Response) -> Response:
         """Add the tracing and security headers to every response."""
         if "request_id" not in g:  # a response made before start_request ran
-            g.request_id = uuid.uuid4().hex
+            g.request_id = new_request_id()
         response.headers["X-Request-ID"] = g.request_id
         response.headers["X-Served-By"] = served_by
         if "started" in g:
@@ -90,3 +88,8 @@ def init_app(app: Flask) -> None:
             if name.lower() not in present:
                 headers.add(name, value)
         return response
+
+    @app.teardown_request
+    def end_request(_error: BaseException | None) -> None:
+        """Forget the request id, so a pool thread's next lines carry no stale one."""
+        current_request_id.set(None)

@@ -424,3 +424,29 @@ def test_body_over_the_hosts_limit_gets_a_413_envelope_unread(demo_host):
     assert envelope["request_id"] == "too-big.1"
     # The process is unharmed: the next connection is served.
     assert requests.get(f"{demo_host.url}/healthz", timeout=5).status_code == 200
+
+
+def test_app_log_lines_under_the_host_carry_the_request_id(host_factory):
+    """One log line for host and app: the app's own warning, written in a pool thread, has the
+    request's id and the same fields as the host's lines."""
+    host = host_factory(
+        APP_ENV="production",
+        SECRET_KEY=secrets.token_urlsafe(48),
+        JWT_SECRET_KEY=secrets.token_urlsafe(48),
+        # Nothing listens on port 1: /readyz fails and the app logs why.
+        DATABASE_URL="postgresql+psycopg2://nobody:nothing@127.0.0.1:1/none",
+        DB_CONNECT_TIMEOUT="1",
+    )
+    r = requests.get(f"{host.url}/readyz", headers={"X-Request-ID": "ready.1"}, timeout=10)
+    assert r.status_code == 503
+    host.proc.send_signal(signal.SIGTERM)
+    assert host.proc.wait(timeout=15) == 0
+    lines = [json.loads(line) for line in host.output().splitlines() if line.startswith("{")]
+    app_lines = [e for e in lines if e["logger"].startswith("app.")]
+    host_lines = [e for e in lines if e["logger"] == "host"]
+    assert app_lines and host_lines
+    assert [e["request_id"] for e in app_lines] == ["ready.1"] * len(app_lines)
+    assert all(e["request_id"] is None for e in host_lines)  # written outside any request
+    for entry in app_lines + host_lines:
+        assert {"ts", "level", "logger", "message", "request_id"} <= entry.keys()
+        assert entry["level"] == entry["level"].lower()

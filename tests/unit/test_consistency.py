@@ -1,0 +1,153 @@
+"""One value per knob and one copy of each cross-process rule, wherever the files repeat them.
+
+.env.example is the documented list. The compose files, the app's and the host's code defaults,
+nginx's copies of the request-id rule and the error envelope, and the sizing rule are all held
+against it (or against app/contract.py) here, so a default changed in one place only fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from app import contract
+from app.config import ENV_DEFAULTS
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "deploy" / "tornado"))
+from host.settings import Settings  # noqa: E402
+
+COMPOSE_FILES = sorted(ROOT.glob("docker-compose*.yml"))
+NGINX_CONF = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
+NGINX_SERVER = (ROOT / "deploy" / "nginx" / "snippets" / "app-server.conf").read_text()
+# What the sizing rule keeps free beyond the app's connections: migrate, psql, and Postgres's
+# superuser_reserved_connections (README, "Sizing").
+RESERVED_CONNECTIONS = 20
+LARGEST_SCALE = 5  # `make scale N=5`, the largest scale the defaults are sized for
+# Knobs documented as empty because they default to another knob's value.
+DERIVED = {"SWARM_PORT": "STACK_PORT"}
+
+
+def env_example() -> dict[str, str]:
+    """KEY=value lines of .env.example (comments and blank lines skipped)."""
+    values = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def compose_defaults() -> list[tuple[str, str, str]]:
+    """(file, variable, default) for every `${VAR:-default}` in the compose files."""
+    found = []
+    for path in COMPOSE_FILES:
+        for name, default in re.findall(r"\$\{([A-Z0-9_]+):-([^}]*)\}", path.read_text()):
+            found.append((path.name, name, default))
+    return found
+
+
+ENV = env_example()
+
+
+@pytest.mark.parametrize(
+    ("file", "name", "default"),
+    compose_defaults(),
+    ids=[f"{f}:{n}" for f, n, _ in compose_defaults()],
+)
+def test_compose_defaults_match_env_example(file: str, name: str, default: str) -> None:
+    if name not in ENV:
+        # Not a documented knob (SWARM_PORT and the like): every file must still agree.
+        defaults = {d for _f, n, d in compose_defaults() if n == name}
+        assert defaults == {default}, f"{name} has different defaults: {defaults}"
+        return
+    documented = ENV[name] or ENV.get(DERIVED.get(name, ""), "")
+    assert default == documented, f"{file}: {name} defaults to {default!r}, not {documented!r}"
+
+
+def test_required_compose_values_have_no_default_elsewhere() -> None:
+    """A value compose requires (`${VAR:?…}`) is never also given a fallback."""
+    required, defaulted = set(), {n for _f, n, _d in compose_defaults()}
+    for path in COMPOSE_FILES:
+        required |= set(re.findall(r"\$\{([A-Z0-9_]+):\?", path.read_text()))
+    assert not required & defaulted
+
+
+@pytest.mark.parametrize("name", sorted(k for k, v in ENV_DEFAULTS.items() if v is not None))
+def test_app_defaults_match_env_example(name: str) -> None:
+    if name in ENV:
+        assert ENV_DEFAULTS[name] == ENV[name], f"app/config.py defaults {name} differently"
+
+
+def test_host_defaults_are_env_example_values() -> None:
+    """The host reading .env.example's values gets exactly its own defaults."""
+    knobs = ("APP_THREADS", "MAX_UPLOAD_MB", "ACCESS_LOG", "LOG_LEVEL", "LOG_FORMAT", "APP_MODULE")
+    documented = {k: ENV[k] for k in knobs if k in ENV}
+    assert documented.keys() == set(knobs), "a host knob is missing from .env.example"
+    assert Settings.from_env(documented) == Settings()
+
+
+def test_nginx_image_upload_limit_matches() -> None:
+    dockerfile = (ROOT / "deploy" / "nginx" / "Dockerfile").read_text()
+    assert f"ENV MAX_UPLOAD_MB={ENV['MAX_UPLOAD_MB']}" in dockerfile
+
+
+def test_sizing_rule_holds_for_the_defaults() -> None:
+    """Pool ≥ threads, and the connections fit Postgres at the largest documented scale."""
+    per_process = int(ENV["DB_POOL_SIZE"]) + int(ENV["DB_MAX_OVERFLOW"])
+    assert int(ENV["DB_POOL_SIZE"]) >= int(ENV["APP_THREADS"]), (
+        "a thread would wait for a connection"
+    )
+    devserver = 1
+    listeners = LARGEST_SCALE  # one LISTEN connection per replica
+    needed = (LARGEST_SCALE + devserver) * per_process + listeners + RESERVED_CONNECTIONS
+    assert needed <= int(ENV["POSTGRES_MAX_CONNECTIONS"])
+
+
+def test_nginx_request_id_rule_is_the_contract() -> None:
+    match = re.search(r'map \$http_x_request_id \$req_id \{\s*"~\^(.+?)\$"', NGINX_CONF)
+    assert match, "nginx.conf no longer maps $http_x_request_id"
+    assert match.group(1) == contract.REQUEST_ID_PATTERN.pattern
+
+
+def test_nginx_error_codes_are_the_contract() -> None:
+    block = re.search(r"map \$status \$error_code \{(.*?)\}", NGINX_CONF, re.S)
+    assert block
+    codes = dict(re.findall(r"^\s*(\d{3}) (\w+);", block.group(1), re.M))
+    assert codes, "no status codes in nginx's $error_code map"
+    for status, code in codes.items():
+        assert contract.error_code(int(status)) == code, f"nginx codes {status} as {code}"
+    pages = re.search(r"error_page ([\d ]+) /_error.json;", NGINX_SERVER)
+    assert pages
+    assert set(pages.group(1).split()) <= set(codes), "an error page status has no code"
+
+
+def test_nginx_error_page_is_the_envelope() -> None:
+    """nginx's JSON error body, rendered, has exactly the envelope's shape."""
+    template = re.search(r"location = /_error.json \{.*?return 200 '(.+?)';", NGINX_SERVER, re.S)
+    assert template
+    rendered = (
+        template.group(1)
+        .replace("$status", "502")
+        .replace("$error_code", "bad_gateway")
+        .replace("$req_id", "abc")
+    )
+    body = json.loads(rendered)
+    expected = contract.error_envelope(502, "abc")
+    assert body.keys() == expected.keys()
+    assert body["error"].keys() == expected["error"].keys()
+    assert body["error"]["code"] == expected["error"]["code"]
+    assert body["request_id"] == "abc"
+
+
+def test_event_channel_has_one_home() -> None:
+    from app import events
+
+    assert events.CHANNEL == contract.EVENT_CHANNEL
+    for path in [*ROOT.glob("app/*.py"), *ROOT.glob("deploy/tornado/**/*.py")]:
+        if path.name != "contract.py":
+            assert '"app_events"' not in path.read_text(), f"{path} spells the channel out"
