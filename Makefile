@@ -144,7 +144,7 @@ test-unit: venv ## Unit tests: SQLite, no Docker
 
 .PHONY: test-integration
 test-integration: venv images ## API and host-process tests against a throwaway Postgres container
-	deploy/scripts/testdb.sh run $(PYTEST) tests/integration
+	tests/integration/testdb.sh run $(PYTEST) tests/integration
 
 .PHONY: test-e2e
 test-e2e: venv images ## End-to-end tests against a test stack on ports 18080/15000, then tear it down
@@ -152,7 +152,7 @@ test-e2e: venv images ## End-to-end tests against a test stack on ports 18080/15
 	@rm -f build/e2e-figures.txt
 	status=0; PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) \
 	  STACK_URL=http://127.0.0.1:$(TEST_STACK_PORT) BASELINE_URL=http://127.0.0.1:$(TEST_DEVSERVER_PORT) \
-	  $(PYTEST) tests/e2e --ignore=tests/e2e/test_swarm.py || status=$$?; \
+	  $(PYTEST) tests/e2e tests/faults --ignore=tests/e2e/test_swarm.py || status=$$?; \
 	  $(MAKE) --no-print-directory test-stack-down; \
 	  if [[ -f build/e2e-figures.txt ]]; then echo "== figures measured by the e2e tests"; cat build/e2e-figures.txt; fi; \
 	  exit $$status
@@ -169,7 +169,7 @@ faults: venv images ## Fault and attack tests on a test stack (K=postgres for on
 	$(MAKE) --no-print-directory test-stack-up
 	status=0; PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) \
 	  STACK_URL=http://127.0.0.1:$(TEST_STACK_PORT) BASELINE_URL=http://127.0.0.1:$(TEST_DEVSERVER_PORT) \
-	  $(PY) deploy/scripts/faults.py $(if $(K),-k '$(K)') || status=$$?; \
+	  $(PY) tests/faults/run.py $(if $(K),-k '$(K)') || status=$$?; \
 	  $(MAKE) --no-print-directory test-stack-down; exit $$status
 
 # The test stack's env file: fresh secrets, its own ports.

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
 import requests
 
-from .conftest import ROOT
+from tests.support import ROOT, run
 
 
 def docker(*args: str) -> str:
-    return subprocess.run(
-        ["docker", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    return run("docker", *args, timeout=None).stdout.strip()
 
 
 def test_app_module_serves_another_wsgi_app_through_nginx(stack_url):

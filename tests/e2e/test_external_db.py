@@ -7,28 +7,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
-import subprocess
 import time
 
 import pytest
 import requests
 
-from .conftest import ROOT
-
-STACK = str(ROOT / "deploy" / "scripts" / "stack.sh")
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout}\n{result.stderr}"
-    return result.stdout.strip()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import ROOT, free_port, run, stack
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +47,7 @@ def external_stack(tmp_path_factory):
     env = {**os.environ, "PROJECT": project, "ENV_FILE": str(env_file)}
     env.pop("DATABASE_URL", None)
 
-    run("docker", "network", "create", network)
+    run("docker", "network", "create", network, timeout=None)
     run(
         "docker", "run", "-d", "--name", db_name, "--network", network,
         "--network-alias", "managed-db", "--user", "999:999",
@@ -71,28 +55,30 @@ def external_stack(tmp_path_factory):
         "--tmpfs", "/var/run/postgresql:uid=999,gid=999",
         "-e", "POSTGRES_USER=managed", "-e", f"POSTGRES_PASSWORD={password}",
         "-e", "POSTGRES_DB=appdb", image,
+        timeout=None,
     )  # fmt: skip
     try:
-        services = run(STACK, "compose", "config", "--services", env=env).split()
-        run(STACK, "compose", "up", "-d", "--scale", "app=1", env=env)
-        run(STACK, "wait", "180", env=env)
+        services = stack("compose", "config", "--services", env=env, timeout=None).stdout.split()
+        stack("compose", "up", "-d", "--scale", "app=1", env=env, timeout=None)
+        stack("wait", "180", env=env, timeout=None)
         yield {
             "url": f"http://127.0.0.1:{stack_port}",
             "services": services,
             "db": db_name,
-            "containers": run(STACK, "compose", "ps", "-q", env=env).split(),
+            "containers": stack("compose", "ps", "-q", env=env, timeout=None).stdout.split(),
         }
     finally:
-        subprocess.run(
-            [STACK, "compose", "down", "-v", "--remove-orphans"], cwd=ROOT, env=env, check=False
-        )
-        subprocess.run(["docker", "rm", "-f", db_name], check=False, capture_output=True)
-        subprocess.run(["docker", "network", "rm", network], check=False, capture_output=True)
+        stack("compose", "down", "-v", "--remove-orphans", env=env, check=False, timeout=None)
+        run("docker", "rm", "-f", db_name, check=False, timeout=None)
+        run("docker", "network", "rm", network, check=False, timeout=None)
 
 
 def test_bundled_postgres_is_left_out(external_stack):
     assert "postgres" not in external_stack["services"]
-    names = [run("docker", "inspect", "-f", "{{.Name}}", c) for c in external_stack["containers"]]
+    names = [
+        run("docker", "inspect", "-f", "{{.Name}}", c, timeout=None).stdout.strip()
+        for c in external_stack["containers"]
+    ]
     assert not [n for n in names if "postgres" in n]
 
 
@@ -115,11 +101,11 @@ def test_migrations_and_writes_go_to_the_external_database(external_stack):
     while time.monotonic() < deadline and title not in found:
         found = run(
             "docker", "exec", external_stack["db"], "psql", "-U", "managed", "-d", "appdb", "-Atc",
-            "SELECT title FROM posts",
-        )  # fmt: skip
+            "SELECT title FROM posts", timeout=None,
+        ).stdout.strip()  # fmt: skip
     assert title in found
     tables = run(
         "docker", "exec", external_stack["db"], "psql", "-U", "managed", "-d", "appdb", "-Atc",
-        "SELECT count(*) FROM world",
-    )  # fmt: skip
+        "SELECT count(*) FROM world", timeout=None,
+    ).stdout.strip()  # fmt: skip
     assert tables == "10000"  # the seed ran against the external database too

@@ -8,7 +8,6 @@ removed afterwards.
 from __future__ import annotations
 
 import subprocess
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,34 +15,17 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT, run, wait_for
+
 BUILD = ROOT / "deploy" / "images" / "build.sh"
 PREFIX = f"flaskstack-imgtest-{uuid.uuid4().hex[:8]}"
 PASSWORD = "s3cret"
-
-
-def run(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run a command, capture its output, fail with that output when check is set."""
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def docker(
     *args: str, timeout: float = 120, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     return run("docker", *args, timeout=timeout, check=check)
-
-
-def wait_for(probe: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll probe every half second until it is true; fail after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if probe():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

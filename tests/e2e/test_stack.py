@@ -12,7 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from tornado.websocket import websocket_connect
 
-from .conftest import compose, container_ids
+from tests.support import compose
+
+
+def container_ids(service: str) -> list[str]:
+    return compose("ps", "-q", service).stdout.split()
 
 
 def served_by(url: str, n: int) -> set[str]:

@@ -12,23 +12,19 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
-from pathlib import Path
 
 import pytest
 import requests
 
-from . import conftest
-from .loadgen import LoadGen, login_users
+from tests import support
+from tests.faults.loadgen import LoadGen, login_users
+from tests.support import ROOT, free_port, run, stack
 
-ROOT = Path(__file__).resolve().parents[2]
 SWARM = str(ROOT / "deploy" / "scripts" / "swarm.sh")
-STACK_SH = str(ROOT / "deploy" / "scripts" / "stack.sh")
 STACK = "flaskstack-swarmtest"
 REPLICAS = 3
 BUILT_IMAGE = "flaskstack/app:local"  # from `make images`
@@ -36,25 +32,7 @@ BUILT_IMAGE = "flaskstack/app:local"  # from `make images`
 
 def figure(name: str, text: str) -> None:
     """A measured figure, printed and kept with the other e2e figures."""
-    conftest.figure(f"swarm {name}", text)
-
-
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60, check: bool = True):
-    result = subprocess.run(
-        list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def free_port() -> int:
-    """A port nothing listens on, on any address (Swarm publishes on all of them)."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+    support.figure(f"swarm {name}", text)
 
 
 @dataclass
@@ -73,13 +51,22 @@ class Deployment:
         return time.monotonic() - start
 
     def service(self, name: str) -> dict:
-        return json.loads(run("docker", "service", "inspect", f"{STACK}_{name}").stdout)[0]
+        return json.loads(
+            run("docker", "service", "inspect", f"{STACK}_{name}", timeout=60).stdout
+        )[0]
 
     def task_hostnames(self, name: str) -> set[str]:
         """X-Served-By of the service's tasks meant to run (not those draining): Swarm names
         a task's container host after the first 12 characters of the container id."""
         tasks = run(
-            "docker", "service", "ps", "-q", "--filter", "desired-state=running", f"{STACK}_{name}"
+            "docker",
+            "service",
+            "ps",
+            "-q",
+            "--filter",
+            "desired-state=running",
+            f"{STACK}_{name}",
+            timeout=60,
         ).stdout.split()
         if not tasks:
             return set()
@@ -89,6 +76,7 @@ class Deployment:
             "-f",
             "{{.Status.State}} {{.Status.ContainerStatus.ContainerID}}",
             *tasks,
+            timeout=60,
         ).stdout
         return {
             cid[:12]
@@ -101,7 +89,7 @@ class Deployment:
 def swarm_stack(tmp_path_factory) -> Deployment:
     tmp = tmp_path_factory.mktemp("swarm")
     env_file = tmp / "swarm.env"
-    port = free_port()
+    port = free_port("")  # Swarm publishes on every address: free on all of them
     # The app image under a tag of this test's own, so the update test can rebuild it.
     app_image = f"flaskstack/app:swarmtest-{secrets.token_hex(3)}"
     # Nothing of the compose test stack's settings: its project, env file and URLs.
@@ -121,11 +109,11 @@ def swarm_stack(tmp_path_factory) -> Deployment:
         APP_IMAGE=app_image,
     )
     # Like the Makefile's test env: .env.example with fresh secrets, its own port.
-    run(STACK_SH, "env", env=env)
+    stack("env", env=env, timeout=60)
     with env_file.open("a", encoding="utf-8") as f:
         f.write(f"SWARM_PORT={port}\n")
     deployment = Deployment(url=f"http://127.0.0.1:{port}", env=env, app_image=app_image)
-    run("docker", "tag", BUILT_IMAGE, app_image)
+    run("docker", "tag", BUILT_IMAGE, app_image, timeout=60)
     try:
         # A stack left by an interrupted run (same name) would hold volumes and a port.
         deployment.swarm("down", "-v", timeout=180)
@@ -137,9 +125,14 @@ def swarm_stack(tmp_path_factory) -> Deployment:
             deployment.timings["teardown"] = deployment.swarm("down", "-v", timeout=180)
             figure("teardown", f"swarm.sh down -v took {deployment.timings['teardown']:.1f} s")
         finally:
-            run("docker", "rmi", app_image, check=False)
+            run("docker", "rmi", app_image, check=False, timeout=60)
     assert not run(
-        "docker", "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={STACK}"
+        "docker",
+        "ps",
+        "-aq",
+        "--filter",
+        f"label=com.docker.stack.namespace={STACK}",
+        timeout=60,
     ).stdout.split(), "containers of the test stack are left"
 
 
@@ -173,6 +166,7 @@ def test_services_as_swarm_runs_them(swarm_stack):
         "{{.Name}}",
         "--filter",
         f"label=com.docker.stack.namespace={STACK}",
+        timeout=60,
     ).stdout.split()
     assert sorted(services) == [f"{STACK}_{s}" for s in ("app", "migrate", "nginx", "postgres")]
     ports = swarm_stack.service("nginx")["Endpoint"]["Ports"]
@@ -198,15 +192,10 @@ def test_rolling_update_under_load_fails_no_request(swarm_stack):
     url = swarm_stack.url
     # A new image (one more label) under the tag the stack runs, as a rebuild leaves it.
     dockerfile = f"FROM {swarm_stack.app_image}\nLABEL org.flaskstack.test-rebuild={time.time()}\n"
-    subprocess.run(
-        ["docker", "build", "-q", "-t", swarm_stack.app_image, "-"],
-        input=dockerfile,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    new_id = run("docker", "image", "inspect", "-f", "{{.Id}}", swarm_stack.app_image).stdout
+    run("docker", "build", "-q", "-t", swarm_stack.app_image, "-", input=dockerfile, timeout=60)
+    new_id = run(
+        "docker", "image", "inspect", "-f", "{{.Id}}", swarm_stack.app_image, timeout=60
+    ).stdout
     before = swarm_stack.task_hostnames("app")
     users = login_users(url, 4)
     load = LoadGen(url, users, rate=40, workers=12, retry_deadline=30, tag="swarm")
@@ -236,6 +225,7 @@ def test_rolling_update_under_load_fails_no_request(swarm_stack):
             f"{int(update_start)}",
             f"{STACK}_nginx",
             check=False,
+            timeout=60,
         )
         errors = [line for line in (logs.stdout + logs.stderr).splitlines() if "[" in line[:40]]
         print("nginx errors during the update:", *errors[-40:], sep="\n  ")

@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import ssl
-import subprocess
 import warnings
 from urllib.parse import urlsplit
 
@@ -16,19 +15,13 @@ import requests
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from .conftest import ROOT, compose
-
-
-def wait_healthy() -> None:
-    subprocess.run(
-        [str(ROOT / "deploy" / "scripts" / "stack.sh"), "wait", "60"], cwd=ROOT, check=True
-    )
+from tests.support import ROOT, compose, run, wait_healthy
 
 
 @pytest.fixture(scope="module")
 def tls(stack_url):
     """Recreate nginx with TLS on for this module, then put it back as it was."""
-    subprocess.run([str(ROOT / "deploy" / "scripts" / "certs.sh"), "certs"], cwd=ROOT, check=True)
+    run(str(ROOT / "deploy" / "scripts" / "certs.sh"), "certs", timeout=None)
     env_file = ROOT / os.environ.get("ENV_FILE", ".env")
     tls_port = next(
         (line.split("=", 1)[1].strip() for line in env_file.read_text().splitlines()
@@ -38,12 +31,12 @@ def tls(stack_url):
     os.environ["TLS_ENABLED"] = "1"
     try:
         compose("up", "-d", "--no-deps", "nginx")
-        wait_healthy()
+        wait_healthy(60)
         yield f"https://127.0.0.1:{tls_port}", str(ROOT / "certs" / "ca.crt")
     finally:
         os.environ.pop("TLS_ENABLED")
         compose("up", "-d", "--no-deps", "nginx")
-        wait_healthy()
+        wait_healthy(60)
 
 
 def test_http2_is_negotiated(tls):

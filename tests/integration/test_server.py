@@ -18,14 +18,9 @@ import pytest
 import requests
 from tornado.websocket import websocket_connect
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT, free_port
+
 SERVER = ROOT / "deploy" / "tornado" / "server.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Host:

@@ -1,7 +1,7 @@
 """Faults under load: rollout, SIGTERM, SIGKILL, a Postgres restart, and write integrity.
 
 Every test drives ~100 requests/s of mixed reads and idempotent creates through nginx's published
-port (tests/e2e/loadgen.py), injects one fault with docker, and checks what the clients saw, what
+port (tests/faults/loadgen.py), injects one fault with docker, and checks what the clients saw, what
 nginx logged and what is in the database. Each leaves three healthy replicas behind. Figures are
 printed as `FIGURE <name>: ...` lines (run pytest with -s to see them); only the functional
 claims are asserted, never a timing, except the issue's "within 5 s" recovery bound.
@@ -20,8 +20,9 @@ import pytest
 import requests
 from tornado.websocket import websocket_connect
 
+from tests.support import figure
+
 from . import faultkit as fk
-from .conftest import figure
 from .loadgen import CREATE, GET_DB, GET_POSTS, LoadGen, login_users
 
 RATE = 100.0
@@ -30,14 +31,6 @@ RATE = 100.0
 @pytest.fixture(scope="module")
 def users(stack_url):
     return login_users(stack_url, 4)
-
-
-@pytest.fixture(autouse=True)
-def healthy_stack(stack_url):
-    """Start from, and leave behind, three healthy replicas and a healthy everything else."""
-    fk.heal()
-    yield
-    fk.wait_healthy()
 
 
 def describe(outcomes, limit: int = 10) -> str:

@@ -1,10 +1,10 @@
 """Run the fault and attack tests against a running stack and print every figure they measure.
 
-    make faults                      # the lead's target: test stack up, this script, stack down
+    make faults                      # test stack up, this script, stack down
     PROJECT=flaskstack-test ENV_FILE=build/test.env STACK_URL=http://127.0.0.1:18080 \
-        BASELINE_URL=http://127.0.0.1:15000 .venv/bin/python deploy/scripts/faults.py [-k sigkill]
+        BASELINE_URL=http://127.0.0.1:15000 .venv/bin/python tests/faults/run.py [-k sigkill]
 
-The tests (tests/e2e/test_faults.py, test_faults_edge.py) kill replicas and restart Postgres
+The tests (tests/faults/test_faults.py, test_faults_edge.py) kill replicas and restart Postgres
 under load, so point this at a stack you can afford to disturb (the test stack by default); each
 test leaves three healthy replicas behind. Output is pytest's, live; at the end the
 `FIGURE name: ...` lines are repeated as one block and written to build/faults-figures.txt.
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTS = ["tests/e2e/test_faults.py", "tests/e2e/test_faults_edge.py"]
+TESTS = ["tests/faults"]
 DEFAULTS = {
     "PROJECT": "flaskstack-test",
     "ENV_FILE": "build/test.env",
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     print(f"fault tests against {env['STACK_URL']} (project {env['PROJECT']})", flush=True)
     started = time.monotonic()
     figures: list[str] = []
-    with subprocess.Popen(  # noqa: S603
+    with subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as proc:
         for line in proc.stdout or ():

@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from tests.support import figure
+
 from . import faultkit as fk
-from .conftest import figure
 from .loadgen import LoadGen, login_users, percentiles
 
 SLOW_CONNECTIONS = 300
@@ -30,13 +31,6 @@ DEBUGGER_MARKERS = ("Werkzeug Debugger", "__debugger__", "Traceback (most recent
 @pytest.fixture(scope="module")
 def users(stack_url):
     return login_users(stack_url, 2)
-
-
-@pytest.fixture(autouse=True)
-def healthy_stack(stack_url):
-    fk.heal()
-    yield
-    fk.wait_healthy()
 
 
 def port_of(url: str) -> int:

@@ -10,30 +10,18 @@ import contextlib
 import json
 import os
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-STACK = str(ROOT / "deploy" / "scripts" / "stack.sh")
+from tests import support
+from tests.support import run, stack
+
 REPLICAS = 3
 
 
 def project() -> str:
     return os.environ.get("PROJECT", "flaskstack")
-
-
-def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(args), cwd=ROOT, check=check, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def stack(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """deploy/scripts/stack.sh with the PROJECT / ENV_FILE of the stack under test."""
-    return run(STACK, *args, check=check, timeout=timeout)
 
 
 def ids(service: str | None = None, all_states: bool = False) -> list[str]:
@@ -99,8 +87,7 @@ def wait_healthy(timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while len(ids("app")) != REPLICAS and time.monotonic() < deadline:
         time.sleep(0.5)
-    result = stack("wait", str(int(timeout)), check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
+    support.wait_healthy(timeout)
     assert len(ids("app")) == REPLICAS, "wrong number of app replicas"
 
 
@@ -118,12 +105,8 @@ def heal(timeout: float = 120) -> None:
 
 def wait_for(container_id: str, want: str, timeout: float = 60, poll: float = 0.1) -> float:
     """Poll a container's health (or run state) until it is `want`; return the wall time seen."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if health(container_id) == want:
-            return time.time()
-        time.sleep(poll)
-    raise AssertionError(f"{container_id[:12]} not {want} after {timeout} s")
+    what = f"{container_id[:12]} to be {want}"
+    return support.wait_for(lambda: health(container_id) == want, timeout, what, poll=poll)
 
 
 def postgres_id() -> str:
