@@ -27,7 +27,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-STACK_SH=$ROOT/deploy/scripts/stack.sh
+SCRIPTS=$ROOT/deploy/scripts  # stack.sh, and swarm_*.py: the Python this script runs
+STACK_SH=$SCRIPTS/stack.sh
 # Paths given relative to the caller's directory stay valid after the cd below.
 ENV_FILE=$(realpath -m "${ENV_FILE:-.env}")
 export ENV_FILE
@@ -59,23 +60,9 @@ python_with_yaml() {  # an interpreter that has PyYAML (docker-compose 1.x bring
     die "rendering needs Python with PyYAML (apt-get install python3-yaml, or make venv)"
 }
 
-render() {  # the deployable stack file on stdout
-    local py
-    py=$(python_with_yaml)
-    # The same files and env file as `make`, plus this override. Rendering with the stack's
-    # name as the project makes compose v2's explicit network and volume names match the
-    # names `docker stack deploy` gives them.
-    SWARM_PORT=$(get SWARM_PORT "$(get STACK_PORT 8080)")
-    SWARM_PUBLISH_MODE=$(get SWARM_PUBLISH_MODE host)
-    SWARM_RESOLVE_IMAGE=$(get SWARM_RESOLVE_IMAGE never)
-    export SWARM_PORT SWARM_PUBLISH_MODE SWARM_RESOLVE_IMAGE
-    local files=(-f docker-compose.swarm.yml)
-    [[ -z $(get DATABASE_URL) ]] && files+=(-f docker-compose.swarm.postgres.yml)
-    PROJECT=$STACK "$STACK_SH" compose "${files[@]}" config | "$py" -c "$FILTER"
-}
-
-# What `docker stack deploy` refuses or ignores in a rendered compose file, and what this
-# filter does about each (docker-compose.swarm.yml restates the intent in Swarm's terms):
+# What `docker stack deploy` refuses or ignores in a rendered compose file, and what
+# swarm_render.py does about each (docker-compose.swarm.yml restates the intent in Swarm's
+# terms):
 #   services with deploy.replicas 0  left out (the devserver baseline)
 #   mem_limit, cpus                  refused: deploy.resources.limits in the override instead
 #   pids_limit                       refused: moved to deploy.resources.limits.pids (API 1.41)
@@ -98,68 +85,20 @@ render() {  # the deployable stack file on stdout
 #                                    `make swarm-up` roll out a rebuilt image under the same tag
 # A compose key that is lost without a replacement (a tmpfs path or a memory limit the
 # override does not restate) is reported on stderr.
-read -r -d '' FILTER <<'PY' || true
-import os, re, subprocess, sys, yaml
-
-doc = yaml.safe_load(sys.stdin)
-doc.pop("name", None)  # compose v2
-doc.setdefault("version", "3.9")
-mode = os.environ.get("SWARM_PUBLISH_MODE", "host")
-local_images = os.environ.get("SWARM_RESOLVE_IMAGE", "never") == "never"
-lost = []
-for name, svc in list(doc.get("services", {}).items()):
-    deploy = svc.setdefault("deploy", {})
-    if deploy.get("replicas", 1) == 0:
-        del doc["services"][name]
-        continue
-    limits = deploy.setdefault("resources", {}).setdefault("limits", {})
-    if "cpus" in limits:
-        limits["cpus"] = str(limits["cpus"])
-    if "pids_limit" in svc:
-        limits.setdefault("pids", svc.pop("pids_limit"))
-    if svc.pop("mem_limit", None) and "memory" not in limits:
-        lost.append(f"{name}: mem_limit (set deploy.resources.limits.memory)")
-    if svc.pop("cpus", None) and "cpus" not in limits:
-        lost.append(f"{name}: cpus (set deploy.resources.limits.cpus)")
-    mounts = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in svc.get("volumes", [])}
-    for entry in svc.pop("tmpfs", []) or []:
-        if entry.split(":", 1)[0] not in mounts:
-            lost.append(f"{name}: tmpfs {entry} (add a tmpfs volume)")
-    for key in ("shm_size", "restart", "security_opt", "build", "depends_on", "dns_opt"):
-        svc.pop(key, None)
-    ports, published = [], set()
-    for port in svc.get("ports", []):
-        if isinstance(port, dict):
-            port.pop("host_ip", None)  # compose v2's long form
-            ports.append(port)
-            published.add(int(port["target"]))
-    for port in svc.get("ports", []):
-        if isinstance(port, str):
-            m = re.fullmatch(r"(?:(.*):)?(\d+):(\d+)(?:/(tcp|udp))?", port)
-            if not m:
-                sys.exit(f"swarm.sh: cannot publish {name} port {port!r} on Swarm")
-            if int(m[3]) not in published:
-                ports.append({"target": int(m[3]), "published": int(m[2]),
-                              "protocol": m[4] or "tcp", "mode": mode})
-    if ports:
-        svc["ports"] = ports
-    if local_images and "image" in svc:
-        # Swarm updates a service when its spec changes, and a rebuilt image under the same
-        # tag changes nothing there: the local image's id, as a container label, does.
-        image_id = subprocess.run(
-            ["docker", "image", "inspect", "-f", "{{.Id}}", svc["image"]],
-            capture_output=True, text=True,
-        ).stdout.strip()
-        if not image_id:
-            sys.exit(f"swarm.sh: image {svc['image']} ({name}) is not on this machine: make images")
-        labels = svc.setdefault("labels", {})
-        if isinstance(labels, list):
-            labels = svc["labels"] = dict(item.split("=", 1) for item in labels)
-        labels["org.flaskstack.image-id"] = image_id
-for line in lost:
-    print(f"swarm.sh: not applied on Swarm: {line}", file=sys.stderr)
-yaml.safe_dump(doc, sys.stdout, sort_keys=False)
-PY
+render() {  # the deployable stack file on stdout
+    local py
+    py=$(python_with_yaml)
+    # The same files and env file as `make`, plus this override. Rendering with the stack's
+    # name as the project makes compose v2's explicit network and volume names match the
+    # names `docker stack deploy` gives them.
+    SWARM_PORT=$(get SWARM_PORT "$(get STACK_PORT 8080)")
+    SWARM_PUBLISH_MODE=$(get SWARM_PUBLISH_MODE host)
+    SWARM_RESOLVE_IMAGE=$(get SWARM_RESOLVE_IMAGE never)
+    export SWARM_PORT SWARM_PUBLISH_MODE SWARM_RESOLVE_IMAGE
+    local files=(-f docker-compose.swarm.yml)
+    [[ -z $(get DATABASE_URL) ]] && files+=(-f docker-compose.swarm.postgres.yml)
+    PROJECT=$STACK "$STACK_SH" compose "${files[@]}" config | "$py" "$SCRIPTS/swarm_render.py"
+}
 
 stack_exists() { [[ -n $(docker service ls -q --filter "label=$LABEL" 2>/dev/null) ]]; }
 
@@ -234,59 +173,8 @@ pending() {
         echo
         # shellcheck disable=SC2086
         if [[ -n $tasks ]]; then docker inspect $tasks; else echo '[]'; fi
-    } | python3 -c "$PENDING" "$1"
+    } | python3 "$SCRIPTS/swarm_status.py" "$1"
 }
-
-read -r -d '' PENDING <<'PY' || true
-import json, sys
-
-decoder = json.JSONDecoder()
-text = sys.stdin.read()
-services, end = decoder.raw_decode(text)
-tasks, _ = decoder.raw_decode(text[end:].lstrip())
-since = sys.argv[1]
-
-
-def norm(value):
-    """A task spec as the service holds it: tasks lack empty and false fields and Runtime."""
-    if isinstance(value, dict):
-        value = {k: norm(v) for k, v in value.items() if k != "Runtime"}
-        return {k: v for k, v in value.items() if v not in ({}, [], None, "", False)}
-    if isinstance(value, list):
-        return [norm(v) for v in value]
-    return value
-
-
-for svc in sorted(services, key=lambda s: s["Spec"]["Name"]):
-    name, spec = svc["Spec"]["Name"], norm(svc["Spec"]["TaskTemplate"])
-    mine = [t for t in tasks if t["ServiceID"] == svc["ID"]]
-    errors = [t["Status"].get("Err", "") for t in sorted(mine, key=lambda t: t["UpdatedAt"])]
-    last_error = next((e for e in reversed(errors) if e), "")
-    why = f" (last error: {last_error})" if last_error else ""
-    if (spec.get("RestartPolicy") or {}).get("Condition") == "on-failure":
-        # `up` creates one-shots afresh: their newest task is the one that counts.
-        newest = sorted(mine, key=lambda t: t["CreatedAt"], reverse=True)
-        state = newest[0]["Status"]["State"] if newest else "not started"
-        if state != "complete":
-            print(f"{name}: {state}{why}")
-        continue
-    update = svc.get("UpdateStatus") or {}
-    state = update.get("State", "")
-    if state in ("updating", "rollback_started"):
-        print(f"{name}: {state}")
-        continue
-    if state in ("paused", "rollback_paused", "rollback_completed") and update.get(
-        "CompletedAt", update.get("StartedAt", "")
-    ) >= since:
-        print(f"{name}: update {state}: {update.get('Message', '')}")
-        print("FATAL")
-        continue
-    want = svc["Spec"]["Mode"].get("Replicated", {}).get("Replicas", 1)
-    running = [t for t in mine if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
-    fresh = [t for t in running if norm(t["Spec"]) == spec]
-    if len(running) != want or len(fresh) != want:
-        print(f"{name}: {len(fresh)}/{want} running{why}")
-PY
 
 wait_up() {  # wait_up SINCE: until pending reports nothing
     local start=$SECONDS last=-10 out
@@ -324,10 +212,7 @@ wait_nginx() {  # healthy tasks are in Swarm's DNS; nginx re-resolves `app` with
         note "nginx runs on another node: not checked from here"
         return 0
     fi
-    until python3 -c 'import sys, urllib.request
-r = urllib.request.urlopen(sys.argv[1], timeout=3)
-sys.exit(0 if r.status == 200 and r.headers["X-Served-By"] else 1)' \
-        "http://127.0.0.1:$port/healthz" 2>/dev/null; do
+    until python3 "$SCRIPTS/swarm_probe.py" "http://127.0.0.1:$port/healthz" 2>/dev/null; do
         if ((SECONDS - start > 30)); then
             [[ $(get SWARM_PUBLISH_MODE host) == ingress ]] &&
                 echo "swarm.sh: the routing mesh needs IPVS (the ip_vs kernel module); without it use SWARM_PUBLISH_MODE=host" >&2

@@ -1,0 +1,854 @@
+"""The Python that deploy/scripts/swarm.sh runs: the stack-file rendering, the pending-services
+check and the nginx probe, on inputs shaped like what the script feeds them (no Docker needed).
+"""
+
+from __future__ import annotations
+
+import copy
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deploy.scripts import swarm_probe, swarm_render, swarm_status
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "deploy" / "scripts"
+
+# ---------------------------------------------------------------------------------------------
+# swarm_render.py
+# ---------------------------------------------------------------------------------------------
+
+# `docker compose config` (v2) of docker-compose.yml + docker-compose.postgres.yml +
+# docker-compose.swarm.yml + docker-compose.swarm.postgres.yml, as `swarm.sh render` pipes it
+# (environment shortened). Compose v2 merges the override's long-form nginx port with the base
+# file's "127.0.0.1:8080:8080" and keeps the base file's host_ip.
+COMPOSE_V2 = """\
+name: flaskstack-swarm
+services:
+  app:
+    build:
+      context: /srv/flaskstack
+      dockerfile: deploy/tornado/Dockerfile
+      args:
+        PYTHON_IMAGE: python:3.13-slim-trixie
+    cap_drop:
+      - ALL
+    cpus: 1
+    depends_on:
+      migrate:
+        condition: service_completed_successfully
+        required: true
+    deploy:
+      replicas: 3
+      endpoint_mode: dnsrr
+      resources:
+        limits:
+          cpus: 1
+          memory: "268435456"
+      restart_policy:
+        condition: any
+        delay: 2s
+    dns_opt:
+      - timeout:1
+      - attempts:2
+    environment:
+      APP_ENV: production
+      DATABASE_URL: postgresql+psycopg2://app:pw@postgres:5432/app
+      SHUTDOWN_DELAY: "5"
+    image: flaskstack/app:local
+    init: true
+    mem_limit: "268435456"
+    networks:
+      data: null
+      edge: null
+    pids_limit: 256
+    read_only: true
+    restart: unless-stopped
+    security_opt:
+      - no-new-privileges:true
+    stop_grace_period: 30s
+    tmpfs:
+      - /tmp:size=64m
+    volumes:
+      - type: volume
+        source: uploads
+        target: /data/uploads
+        volume: {}
+      - type: tmpfs
+        target: /tmp
+        tmpfs:
+          size: "67108864"
+  devserver:
+    command:
+      - flask
+      - run
+    cpus: 1
+    deploy:
+      replicas: 0
+    image: flaskstack/app:local
+    mem_limit: "268435456"
+    ports:
+      - mode: ingress
+        host_ip: 127.0.0.1
+        target: 5000
+        published: "5000"
+        protocol: tcp
+    restart: unless-stopped
+  migrate:
+    build:
+      context: /srv/flaskstack
+      dockerfile: deploy/tornado/Dockerfile
+    cap_drop:
+      - ALL
+    command:
+      - flask
+      - --app
+      - app
+      - setup-db
+    depends_on:
+      postgres:
+        condition: service_healthy
+        required: true
+    deploy:
+      replicas: 1
+      resources:
+        limits:
+          cpus: 1
+          memory: "268435456"
+      restart_policy:
+        condition: on-failure
+        delay: 5s
+        max_attempts: 20
+    dns_opt:
+      - timeout:1
+      - attempts:2
+    image: flaskstack/app:local
+    networks:
+      data: null
+    pids_limit: 256
+    read_only: true
+    restart: "no"
+    security_opt:
+      - no-new-privileges:true
+    tmpfs:
+      - /tmp:size=64m
+    volumes:
+      - type: tmpfs
+        target: /tmp
+        tmpfs:
+          size: "67108864"
+  nginx:
+    build:
+      context: /srv/flaskstack
+      dockerfile: deploy/nginx/Dockerfile
+    cap_drop:
+      - ALL
+    deploy:
+      replicas: 1
+      update_config:
+        order: stop-first
+        failure_action: rollback
+      resources:
+        limits:
+          memory: "134217728"
+    image: flaskstack/nginx:local
+    mem_limit: "134217728"
+    networks:
+      edge: null
+      public: null
+    ports:
+      - mode: host
+        host_ip: 127.0.0.1
+        target: 8080
+        published: "8080"
+        protocol: tcp
+    read_only: true
+    restart: unless-stopped
+    security_opt:
+      - no-new-privileges:true
+    tmpfs:
+      - /tmp:size=256m,uid=101,gid=101
+      - /etc/nginx/conf.d:size=1m,uid=101,gid=101
+    user: "101:101"
+    volumes:
+      - type: volume
+        source: uploads
+        target: /data/uploads
+        read_only: true
+        volume: {}
+      - type: tmpfs
+        target: /tmp
+        tmpfs:
+          size: "268435456"
+      - type: volume
+        source: nginx-conf
+        target: /etc/nginx/conf.d
+        volume: {}
+  postgres:
+    deploy:
+      replicas: 1
+      endpoint_mode: dnsrr
+      resources:
+        limits:
+          memory: "536870912"
+      placement:
+        constraints:
+          - node.labels.flaskstack.postgres == true
+    image: postgres:17-trixie
+    mem_limit: "536870912"
+    networks:
+      data: null
+    read_only: true
+    restart: unless-stopped
+    shm_size: "134217728"
+    tmpfs:
+      - /tmp:size=16m
+      - /var/run/postgresql:size=1m,uid=999,gid=999
+    volumes:
+      - type: volume
+        source: pgdata
+        target: /var/lib/postgresql/data
+        volume: {}
+      - type: tmpfs
+        target: /tmp
+        tmpfs:
+          size: "16777216"
+      - type: tmpfs
+        target: /var/run/postgresql
+        tmpfs:
+          size: "1048576"
+      - type: tmpfs
+        target: /dev/shm
+        tmpfs:
+          size: "134217728"
+networks:
+  data:
+    name: flaskstack-swarm_data
+    internal: true
+  edge:
+    name: flaskstack-swarm_edge
+    internal: true
+  public:
+    name: flaskstack-swarm_public
+volumes:
+  nginx-conf:
+    name: flaskstack-swarm_nginx-conf
+    driver: local
+  pgdata:
+    name: flaskstack-swarm_pgdata
+  uploads:
+    name: flaskstack-swarm_uploads
+"""
+
+# docker-compose 1.29 renders short-form ports as strings and may give labels as a list; this
+# service also lacks the override's limits and tmpfs volumes (a COMPOSE_EXTRA_FILES service).
+COMPOSE_V1_SERVICE = """\
+version: "3.9"
+services:
+  metrics:
+    image: prom/statsd-exporter:v0.26.0
+    labels:
+      - com.example.team=ops
+      - com.example.note=a=b
+    mem_limit: 64m
+    cpus: 0.5
+    pids_limit: 64
+    tmpfs:
+      - /tmp:size=8m
+      - /run
+    volumes:
+      - ./statsd.yml:/etc/statsd.yml:ro
+    ports:
+      - target: 9102
+        published: 9102
+        protocol: tcp
+        mode: ingress
+      - 127.0.0.1:9102:9102/tcp
+      - 127.0.0.1:9125:9125/udp
+      - 9200:9100
+"""
+
+IMAGE_IDS = {
+    "flaskstack/app:local": "sha256:" + "a" * 64,
+    "flaskstack/nginx:local": "sha256:" + "b" * 64,
+    "postgres:17-trixie": "sha256:" + "c" * 64,
+    "prom/statsd-exporter:v0.26.0": "sha256:" + "d" * 64,
+}
+
+
+def render(text: str, mode: str = "host", image_id: Any = IMAGE_IDS.get) -> tuple[dict, list]:
+    """The stack document and the lost keys for a compose document, as `main` makes them."""
+    doc = yaml.safe_load(text)
+    lost = swarm_render.to_stack(doc, mode, image_id)
+    return doc, lost
+
+
+def test_render_leaves_out_services_with_zero_replicas_and_compose_v2_name() -> None:
+    doc, _ = render(COMPOSE_V2)
+    assert list(doc["services"]) == ["app", "migrate", "nginx", "postgres"]
+    assert "name" not in doc
+    # Added last: yaml.safe_dump(sort_keys=False) prints it after networks and volumes.
+    assert list(doc) == ["services", "networks", "volumes", "version"]
+    assert doc["version"] == "3.9"
+
+
+def test_render_drops_the_keys_swarm_refuses_or_ignores() -> None:
+    doc, _ = render(COMPOSE_V2)
+    dropped = {"mem_limit", "cpus", "pids_limit", "tmpfs", "shm_size", "restart"}
+    dropped |= {"security_opt", "build", "depends_on", "dns_opt"}
+    for name, svc in doc["services"].items():
+        assert dropped.isdisjoint(svc), (name, sorted(dropped & set(svc)))
+    # What Swarm honours stays, in compose's order.
+    assert list(doc["services"]["app"]) == [
+        "cap_drop",
+        "deploy",
+        "environment",
+        "image",
+        "init",
+        "networks",
+        "read_only",
+        "stop_grace_period",
+        "volumes",
+        "labels",
+    ]
+
+
+def test_render_restates_limits_in_swarm_terms() -> None:
+    doc, lost = render(COMPOSE_V2)
+    services = doc["services"]
+    assert services["app"]["deploy"]["resources"]["limits"] == {
+        "cpus": "1",  # a number is refused
+        "memory": "268435456",
+        "pids": 256,  # pids_limit, moved
+    }
+    assert services["nginx"]["deploy"]["resources"]["limits"] == {"memory": "134217728"}
+    assert services["postgres"]["deploy"]["resources"]["limits"] == {"memory": "536870912"}
+    # Every compose limit and tmpfs path has its replacement in the override: nothing lost.
+    assert lost == []
+
+
+def test_render_publishes_ports_without_an_address() -> None:
+    doc, _ = render(COMPOSE_V2, mode="ingress")
+    # The long form keeps its own mode; only the address goes.
+    assert doc["services"]["nginx"]["ports"] == [
+        {"mode": "host", "target": 8080, "published": "8080", "protocol": "tcp"}
+    ]
+    assert "ports" not in doc["services"]["app"]
+
+
+def test_render_labels_each_service_with_its_local_image_id() -> None:
+    doc, _ = render(COMPOSE_V2)
+    for name, svc in doc["services"].items():
+        assert svc["labels"] == {"org.flaskstack.image-id": IMAGE_IDS[svc["image"]]}, name
+
+
+def test_render_with_images_from_a_registry_adds_no_labels() -> None:
+    doc, _ = render(COMPOSE_V2, image_id=None)
+    assert all("labels" not in svc for svc in doc["services"].values())
+
+
+def test_render_stops_when_a_local_image_is_missing() -> None:
+    ids = {**IMAGE_IDS, "flaskstack/nginx:local": ""}
+    with pytest.raises(swarm_render.RenderError) as caught:
+        render(COMPOSE_V2, image_id=ids.get)
+    assert str(caught.value) == (
+        "swarm.sh: image flaskstack/nginx:local (nginx) is not on this machine: make images"
+    )
+
+
+def test_render_compose_v1_ports_labels_and_losses() -> None:
+    doc, lost = render(COMPOSE_V1_SERVICE, mode="host")
+    svc = doc["services"]["metrics"]
+    assert svc["ports"] == [
+        # The long form first; "127.0.0.1:9102:9102/tcp" is left out: 9102 is published.
+        {"target": 9102, "published": 9102, "protocol": "tcp", "mode": "ingress"},
+        {"target": 9125, "published": 9125, "protocol": "udp", "mode": "host"},
+        {"target": 9100, "published": 9200, "protocol": "tcp", "mode": "host"},
+    ]
+    assert svc["labels"] == {
+        "com.example.team": "ops",
+        "com.example.note": "a=b",
+        "org.flaskstack.image-id": IMAGE_IDS["prom/statsd-exporter:v0.26.0"],
+    }
+    assert svc["deploy"] == {"resources": {"limits": {"pids": 64}}}
+    assert lost == [
+        "metrics: mem_limit (set deploy.resources.limits.memory)",
+        "metrics: cpus (set deploy.resources.limits.cpus)",
+        "metrics: tmpfs /tmp:size=8m (add a tmpfs volume)",
+        "metrics: tmpfs /run (add a tmpfs volume)",
+    ]
+
+
+def test_render_keeps_a_limit_the_deploy_section_already_sets() -> None:
+    doc = {
+        "services": {
+            "worker": {
+                "image": "worker:1",
+                "pids_limit": 512,
+                "tmpfs": ["/scratch"],
+                "volumes": ["scratch:/scratch"],
+                "deploy": {"resources": {"limits": {"pids": 100, "cpus": 0.25}}},
+            }
+        }
+    }
+    lost = swarm_render.to_stack(doc, "host", None)
+    assert doc["services"]["worker"]["deploy"]["resources"]["limits"] == {
+        "pids": 100,
+        "cpus": "0.25",
+    }
+    assert lost == []  # /scratch is mounted by the short-form volume
+
+
+@pytest.mark.parametrize("port", ["8080", "8000-8002:8000-8002", "127.0.0.1:8080:http"])
+def test_render_refuses_ports_swarm_cannot_publish(port: str) -> None:
+    doc = {"services": {"web": {"ports": [port]}}}
+    with pytest.raises(swarm_render.RenderError) as caught:
+        swarm_render.to_stack(doc, "host", None)
+    assert str(caught.value) == f"swarm.sh: cannot publish web port {port!r} on Swarm"
+
+
+@pytest.fixture
+def fake_docker(tmp_path: Path) -> dict[str, str]:
+    """An environment whose `docker image inspect -f {{.Id}} IMAGE` knows IMAGE_IDS only."""
+    cases = "".join(f'    "{image}") echo "{id_}" ;;\n' for image, id_ in IMAGE_IDS.items())
+    docker = tmp_path / "docker"
+    docker.write_text(
+        "#!/bin/sh\n"
+        '[ "$1 $2 $3 $4" = "image inspect -f {{.Id}}" ] || exit 2\n'
+        'case "$5" in\n'
+        f"{cases}"
+        '    *) echo "Error: No such image: $5" >&2; exit 1 ;;\n'
+        "esac\n"
+    )
+    docker.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
+    return {**env, "PATH": f"{tmp_path}{os.pathsep}{env['PATH']}"}
+
+
+def run_render(stdin: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """swarm_render.py as swarm.sh runs it."""
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / "swarm_render.py")],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+
+
+def test_render_command_writes_the_stack_file_and_reports_losses(fake_docker) -> None:
+    result = run_render(COMPOSE_V1_SERVICE, {**fake_docker, "SWARM_PUBLISH_MODE": "ingress"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "swarm.sh: not applied on Swarm: metrics: mem_limit (set deploy.resources.limits.memory)",
+        "swarm.sh: not applied on Swarm: metrics: cpus (set deploy.resources.limits.cpus)",
+        "swarm.sh: not applied on Swarm: metrics: tmpfs /tmp:size=8m (add a tmpfs volume)",
+        "swarm.sh: not applied on Swarm: metrics: tmpfs /run (add a tmpfs volume)",
+    ]
+    doc = yaml.safe_load(result.stdout)
+    assert doc["services"]["metrics"]["ports"][1]["mode"] == "ingress"
+    assert doc["services"]["metrics"]["labels"]["org.flaskstack.image-id"] == "sha256:" + "d" * 64
+    expected, _ = render(COMPOSE_V1_SERVICE, mode="ingress")
+    assert result.stdout == yaml.safe_dump(expected, sort_keys=False)
+
+
+def test_render_command_with_a_registry_does_not_ask_docker(fake_docker) -> None:
+    env = {**fake_docker, "SWARM_RESOLVE_IMAGE": "always", "PATH": "/nonexistent"}
+    result = run_render(COMPOSE_V2, env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    doc = yaml.safe_load(result.stdout)
+    assert "name" not in doc
+    assert all("labels" not in svc for svc in doc["services"].values())
+
+
+def test_render_command_fails_on_a_missing_image(fake_docker) -> None:
+    result = run_render(COMPOSE_V2.replace("postgres:17-trixie", "postgres:18"), fake_docker)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "swarm.sh: image postgres:18 (postgres) is not on this machine: make images\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# swarm_status.py
+# ---------------------------------------------------------------------------------------------
+
+STACK = "flaskstack-swarm"
+SINCE = "2025-03-04T10:15:00"  # `date -u +%Y-%m-%dT%H:%M:%S` when `up` deployed
+
+
+def task_template(image: str, image_id: str, condition: str = "any") -> dict[str, Any]:
+    """A service's TaskTemplate as `docker service inspect` shows it."""
+    return {
+        "ContainerSpec": {
+            "Image": image,
+            "Labels": {
+                "com.docker.stack.namespace": STACK,
+                "org.flaskstack.image-id": image_id,
+            },
+            "Env": ["APP_ENV=production", "SHUTDOWN_DELAY=5"],
+            "Privileges": {"CredentialSpec": None, "SELinuxContext": None},
+            "Init": False,
+            "ReadOnly": True,
+            "StopGracePeriod": 30000000000,
+            "Mounts": [
+                {"Type": "tmpfs", "Target": "/tmp", "TmpfsOptions": {"SizeBytes": 67108864}}
+            ],
+            "DNSConfig": {},
+            "Isolation": "default",
+            "CapabilityDrop": ["ALL"],
+        },
+        "Resources": {"Limits": {"NanoCPUs": 1000000000, "MemoryBytes": 268435456}},
+        "RestartPolicy": {"Condition": condition, "Delay": 2000000000, "MaxAttempts": 0},
+        "Placement": {"Platforms": [{"Architecture": "amd64", "OS": "linux"}]},
+        "Networks": [{"Target": "k2v0m1l8", "Aliases": ["app"]}],
+        "ForceUpdate": 0,
+        "Runtime": "container",
+    }
+
+
+def task_spec(template: dict[str, Any]) -> dict[str, Any]:
+    """The same spec as a task carries it: no Runtime, no empty or false fields."""
+    spec = copy.deepcopy(template)
+    del spec["Runtime"], spec["ForceUpdate"]
+    container = spec["ContainerSpec"]
+    del container["Privileges"], container["Init"], container["DNSConfig"]
+    del spec["RestartPolicy"]["MaxAttempts"]
+    return spec
+
+
+def service(
+    name: str, sid: str, replicas: int, template: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """One element of `docker service inspect`."""
+    return {
+        "ID": sid,
+        "Version": {"Index": 812},
+        "CreatedAt": "2025-03-04T09:02:11.31874Z",
+        "UpdatedAt": "2025-03-04T10:15:02.1120913Z",
+        "Spec": {
+            "Name": f"{STACK}_{name}",
+            "Labels": {"com.docker.stack.namespace": STACK},
+            "TaskTemplate": template,
+            "Mode": {"Replicated": {"Replicas": replicas}},
+            "EndpointSpec": {"Mode": "dnsrr"},
+        },
+        "Endpoint": {"Spec": {"Mode": "dnsrr"}},
+        **extra,
+    }
+
+
+def task(
+    svc: dict[str, Any],
+    slot: int,
+    state: str,
+    *,
+    spec: dict[str, Any] | None = None,
+    desired: str = "running",
+    created: str = "2025-03-04T10:15:03.0Z",
+    updated: str = "2025-03-04T10:15:20.0Z",
+    err: str = "",
+) -> dict[str, Any]:
+    """One element of `docker inspect` on the service's tasks."""
+    status: dict[str, Any] = {
+        "Timestamp": updated,
+        "State": state,
+        "Message": state,
+        "ContainerStatus": {"ContainerID": f"c{slot}{state}", "PID": 0, "ExitCode": 0},
+        "PortStatus": {},
+    }
+    if err:
+        status["Err"] = err
+    return {
+        "ID": f"t{svc['ID']}{slot}{state}{created[-6:-3]}",
+        "Version": {"Index": 830},
+        "CreatedAt": created,
+        "UpdatedAt": updated,
+        "Labels": {},
+        "Spec": spec if spec is not None else task_spec(svc["Spec"]["TaskTemplate"]),
+        "ServiceID": svc["ID"],
+        "Slot": slot,
+        "NodeID": "n0d3",
+        "Status": status,
+        "DesiredState": desired,
+    }
+
+
+NEW_ID = "sha256:" + "1" * 64
+OLD_ID = "sha256:" + "0" * 64
+APP = service("app", "s1app", 3, task_template("flaskstack/app:local", NEW_ID))
+MIGRATE = service(
+    "migrate", "s2mig", 1, task_template("flaskstack/app:local", NEW_ID, "on-failure")
+)
+NGINX = service("nginx", "s3ngx", 1, task_template("flaskstack/nginx:local", "sha256:" + "2" * 64))
+UPDATE_DONE = {
+    "State": "completed",
+    "StartedAt": "2025-03-04T10:15:02.2Z",
+    "CompletedAt": "2025-03-04T10:16:10.7Z",
+    "Message": "update completed",
+}
+
+
+def healthy_stack() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Services and tasks of a stack that is up: the migration done, every replica running."""
+    services = [copy.deepcopy(s) for s in (NGINX, APP, MIGRATE)]
+    tasks = [task(APP, slot, "running") for slot in (1, 2, 3)]
+    tasks += [
+        task(MIGRATE, 1, "failed", desired="shutdown", err="task: non-zero exit (1)"),
+        task(MIGRATE, 1, "complete", desired="shutdown", created="2025-03-04T10:15:09.0Z"),
+        task(NGINX, 1, "running"),
+        # The replica the rolling update replaced.
+        task(APP, 1, "shutdown", desired="shutdown", created="2025-03-04T09:02:12.0Z"),
+    ]
+    return services, tasks
+
+
+def pending(services: list, tasks: list, since: str = SINCE) -> list[str]:
+    return list(swarm_status.pending(services, tasks, since))
+
+
+def test_status_norm_matches_a_task_spec_to_its_service_template() -> None:
+    template = task_template("flaskstack/app:local", NEW_ID)
+    assert template != task_spec(template)
+    assert swarm_status.norm(template) == swarm_status.norm(task_spec(template))
+    assert swarm_status.norm(
+        {"A": {"Runtime": "x", "B": [{"C": False, "D": 0, "E": True}], "F": None, "G": ""}}
+    ) == {"A": {"B": [{"E": True}]}}
+
+
+def test_status_a_healthy_stack_has_nothing_pending() -> None:
+    assert pending(*healthy_stack()) == []
+
+
+def test_status_counts_running_replicas_and_names_the_last_error() -> None:
+    services, tasks = healthy_stack()
+    tasks = [t for t in tasks if not (t["ServiceID"] == APP["ID"] and t["Slot"] == 3)]
+    tasks += [
+        task(APP, 3, "failed", desired="shutdown", updated="2025-03-04T10:15:30.0Z", err="old"),
+        task(APP, 3, "rejected", desired="shutdown", updated="2025-03-04T10:15:50.0Z", err="new"),
+        task(APP, 3, "starting", updated="2025-03-04T10:16:00.0Z"),
+    ]
+    assert pending(services, tasks) == [f"{STACK}_app: 2/3 running (last error: new)"]
+
+
+def test_status_replicas_of_an_old_spec_do_not_count() -> None:
+    services, tasks = healthy_stack()
+    old = task_spec(task_template("flaskstack/app:local", OLD_ID))
+    for t in tasks:
+        if t["ServiceID"] == APP["ID"] and t["DesiredState"] == "running" and t["Slot"] != 1:
+            t["Spec"] = old
+    assert pending(services, tasks) == [f"{STACK}_app: 1/3 running"]
+
+
+def test_status_a_replica_being_stopped_does_not_count() -> None:
+    services, tasks = healthy_stack()
+    # Start-first rolling update: the new task runs, the old one drains until it exits.
+    tasks.append(task(APP, 2, "running", desired="shutdown", created="2025-03-04T09:02:12.0Z"))
+    assert pending(services, tasks) == []
+    tasks = [t for t in tasks if not (t["Slot"] == 2 and t["DesiredState"] == "running")]
+    assert pending(services, tasks) == [f"{STACK}_app: 2/3 running"]
+
+
+def test_status_too_many_replicas_are_pending() -> None:
+    services, tasks = healthy_stack()
+    tasks.append(task(APP, 4, "running"))
+    assert pending(services, tasks) == [f"{STACK}_app: 4/3 running"]
+
+
+def test_status_a_one_shot_counts_by_its_newest_task() -> None:
+    services, tasks = healthy_stack()
+    tasks.append(
+        task(
+            MIGRATE,
+            1,
+            "failed",
+            desired="shutdown",
+            created="2025-03-04T10:15:40.0Z",
+            updated="2025-03-04T10:15:41.0Z",
+            err="task: non-zero exit (2)",
+        )
+    )
+    assert pending(services, tasks) == [
+        f"{STACK}_migrate: failed (last error: task: non-zero exit (2))"
+    ]
+    no_tasks = [t for t in tasks if t["ServiceID"] != MIGRATE["ID"]]
+    assert pending(services, no_tasks) == [f"{STACK}_migrate: not started"]
+
+
+def test_status_an_update_in_progress_is_pending() -> None:
+    services, tasks = healthy_stack()
+    services[1]["UpdateStatus"] = {
+        **UPDATE_DONE,
+        "State": "updating",
+        "Message": "update in progress",
+    }
+    del services[1]["UpdateStatus"]["CompletedAt"]
+    assert pending(services, tasks) == [f"{STACK}_app: updating"]
+
+
+def test_status_a_failed_update_of_this_deploy_is_fatal() -> None:
+    services, tasks = healthy_stack()
+    services[1]["UpdateStatus"] = {
+        **UPDATE_DONE,
+        "State": "rollback_completed",
+        "Message": "rollback completed",
+    }
+    expected = [f"{STACK}_app: update rollback_completed: rollback completed", "FATAL"]
+    assert pending(services, tasks) == expected
+    # An older deploy's failure is history: the replicas decide.
+    assert pending(services, tasks, since="2025-03-04T11:00:00") == []
+    # `swarm.sh status` passes 0000: any failed update shows.
+    assert pending(services, tasks, since="0000") == expected
+
+
+def test_status_a_paused_update_without_completion_dates_from_its_start() -> None:
+    services, tasks = healthy_stack()
+    services[1]["UpdateStatus"] = {
+        "State": "paused",
+        "StartedAt": "2025-03-04T10:15:02.2Z",
+        "Message": "update paused due to failure or early termination of task x1",
+    }
+    assert pending(services, tasks) == [
+        f"{STACK}_app: update paused: update paused due to failure or early termination of task x1",
+        "FATAL",
+    ]
+    assert pending(services, tasks, since="2025-03-04T10:16:00") == []
+
+
+def inspect_output(services: list, tasks: list) -> str:
+    """What pending() in swarm.sh pipes: two `docker ... inspect` arrays and an empty line."""
+    tasks_json = json.dumps(tasks, indent=4) if tasks else "[]"
+    return f"{json.dumps(services, indent=4)}\n\n{tasks_json}\n"
+
+
+def test_status_reads_both_inspect_arrays() -> None:
+    services, tasks = healthy_stack()
+    assert swarm_status.read_documents(inspect_output(services, tasks)) == (services, tasks)
+    assert swarm_status.read_documents(inspect_output(services, [])) == (services, [])
+
+
+def run_status(stdin: str, since: str) -> subprocess.CompletedProcess[str]:
+    """swarm_status.py as swarm.sh runs it."""
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / "swarm_status.py"), since],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_status_command_prints_one_line_per_pending_service_by_name() -> None:
+    services, _ = healthy_stack()
+    services[0]["UpdateStatus"] = {**UPDATE_DONE, "State": "updating"}
+    result = run_status(inspect_output(services, []), SINCE)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"{STACK}_app: 0/3 running\n{STACK}_migrate: not started\n{STACK}_nginx: updating\n"
+    )
+
+
+def test_status_command_prints_nothing_for_a_healthy_stack() -> None:
+    result = run_status(inspect_output(*healthy_stack()), "0000")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_status_command_judges_failed_updates_by_its_argument() -> None:
+    services, tasks = healthy_stack()
+    services[1]["UpdateStatus"] = {**UPDATE_DONE, "State": "paused", "Message": "paused"}
+    stdin = inspect_output(services, tasks)
+    assert run_status(stdin, SINCE).stdout == f"{STACK}_app: update paused: paused\nFATAL\n"
+    assert run_status(stdin, "2025-03-04T11:00:00").stdout == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# swarm_probe.py
+# ---------------------------------------------------------------------------------------------
+
+
+class Answer(http.server.BaseHTTPRequestHandler):
+    """Answers with the server's configured status and headers."""
+
+    server: FakeNginx
+
+    def do_GET(self) -> None:
+        status, headers = self.server.answer
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        body = b"" if status == 204 else b"ok"
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep the test output quiet."""
+
+
+class FakeNginx(http.server.ThreadingHTTPServer):
+    """A local HTTP server standing in for nginx; set `answer = (status, headers)`."""
+
+    answer: tuple[int, dict[str, str]] = (200, {"X-Served-By": "10.0.3.7:8000"})
+
+
+@pytest.fixture
+def nginx() -> Iterator[FakeNginx]:
+    """FakeNginx on a free port, serving until the test ends."""
+    server = FakeNginx(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def url(server: FakeNginx) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}/healthz"
+
+
+def test_probe_passes_a_healthy_answer_through_nginx(nginx) -> None:
+    assert swarm_probe.main(["swarm_probe.py", url(nginx)]) == 0
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (200, {}),  # nginx answered itself: no upstream
+        (200, {"X-Served-By": ""}),
+        (204, {"X-Served-By": "10.0.3.7:8000"}),
+        (404, {"X-Served-By": "10.0.3.7:8000"}),
+        (502, {"X-Served-By": "10.0.3.7:8000"}),
+    ],
+)
+def test_probe_fails_any_other_answer(nginx, answer, capsys) -> None:
+    nginx.answer = answer
+    assert swarm_probe.main(["swarm_probe.py", url(nginx)]) == 1
+    assert capsys.readouterr().err.startswith(f"swarm_probe: {url(nginx)}: status {answer[0]}")
+
+
+def test_probe_fails_when_nothing_listens(capsys) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert swarm_probe.main(["swarm_probe.py", f"http://127.0.0.1:{port}/healthz"]) == 1
+    assert "Connection refused" in capsys.readouterr().err
+
+
+def test_probe_command_exit_status(nginx) -> None:
+    command = [sys.executable, str(SCRIPTS / "swarm_probe.py"), url(nginx)]
+    assert subprocess.run(command, capture_output=True, check=False).returncode == 0
+    nginx.answer = (503, {})
+    assert subprocess.run(command, capture_output=True, check=False).returncode == 1
