@@ -16,7 +16,11 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from loadtest.sampling import compose_containers
+from loadtest.accounts import Accounts
+from loadtest.cgroups import compose_containers
+from loadtest.config import SCENARIOS, Config
+from loadtest.driver import Driver
+from loadtest.results import ProfileRun, Results, Target
 
 SERVICE = {"stack": "app", "builtin": "devserver"}
 
@@ -105,3 +109,48 @@ class PySpy:
 
     def __exit__(self, *exc: object) -> None:
         self._thread.join(timeout=120)
+
+
+def run_profiles(cfg: Config, driver: Driver, targets: list[Target], results: Results) -> None:
+    """One extra, unmeasured run per scenario and target with py-spy on the server process."""
+    pyspy = find_pyspy()
+    if not pyspy:
+        results.notes.append("PROFILE=1 but py-spy was not found (PATH or PYSPY): no profiles.")
+        print("  PROFILE=1: py-spy not found (PATH or PYSPY); skipping profiles", flush=True)
+        return
+    live = [t for t in targets if not t.skipped and t.name in SERVICE]
+    with Accounts(cfg, results.notes, driver.log) as accounts:
+        for scenario in cfg.scenarios:
+            for t in live:
+                pid, container = container_pid(cfg.compose_project, SERVICE[t.name])
+                if not pid:
+                    results.notes.append(f"profile {scenario}/{t.name}: no container found")
+                    continue
+                env = accounts.env(t) if scenario == "api" else {}
+                prefix = f"profile-{scenario}-{t.name}"
+                raw = driver.out_dir / f"{prefix}.pyspy.txt"
+                spy = PySpy(pyspy, pid, raw, cfg.warmup + 0.5, cfg.duration)
+                with spy:
+                    m = driver.run(
+                        SCENARIOS[scenario],
+                        t.url,
+                        prefix,
+                        1,
+                        cfg.users,
+                        cfg.warmup,
+                        cfg.duration,
+                        env=env,
+                    )
+                entry = ProfileRun(scenario=scenario, target=t.name, container=container, rps=m.rps)
+                if spy.error or not raw.exists():
+                    entry.error = spy.error or "py-spy wrote nothing"
+                else:
+                    top = driver.out_dir / f"{prefix}.top.txt"
+                    top.write_text(summarize(raw))
+                    entry.summary = top.name
+                    entry.raw = raw.name
+                results.profiles.append(entry)
+                driver.log(
+                    f"profile {scenario} · {t.name} ({container}): "
+                    + (entry.summary or f"failed: {entry.error}")
+                )

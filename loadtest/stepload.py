@@ -1,6 +1,7 @@
 """Step load: add users in equal steps, to find where a target breaks (its knee).
 
-Load it next to the scenarios and name the user class:
+Load it next to the scenarios and name the user class, from the repository root (Locust puts
+the working directory on sys.path, and this file imports `loadtest.stats`):
 
     LOADTEST_STEP_USERS=50 LOADTEST_STEP_TIME=8 LOADTEST_STEP_MAX=600 \\
     locust -f loadtest/locustfile.py,loadtest/stepload.py JsonUser --headless \\
@@ -8,7 +9,7 @@ Load it next to the scenarios and name the user class:
 
 Each step holds its user count for LOADTEST_STEP_TIME seconds. Once a step's p99 passes
 500 ms or a request fails, one more step runs (to show the slope) and the test stops; else it
-stops after LOADTEST_STEP_MAX users. loadtest/run.py (SHAPE=step) then computes the knee
+stops after LOADTEST_STEP_MAX users. loadtest/steps.py (SHAPE=step) then computes the knee
 exactly from the per-second counts the scenarios record; the check here only ends the test early.
 """
 
@@ -18,19 +19,7 @@ import os
 
 from locust import LoadTestShape
 
-KNEE_P99_MS = 500.0
-
-
-def _p99(times: dict[int, int]) -> float | None:
-    total = sum(times.values())
-    if not total:
-        return None
-    seen = 0
-    for ms in sorted(times):
-        seen += times[ms]
-        if seen >= 0.99 * total:
-            return ms
-    return None
+from loadtest.stats import KNEE_P99_MS, percentile
 
 
 class StepLoadShape(LoadTestShape):
@@ -58,7 +47,7 @@ class StepLoadShape(LoadTestShape):
         delta = {ms: n - self._last_times.get(ms, 0) for ms, n in times.items()}
         failures = total.num_failures - self._last_failures
         self._last_times, self._last_failures = times, total.num_failures
-        p99 = _p99({ms: n for ms, n in delta.items() if n > 0})
+        p99 = percentile({ms: n for ms, n in delta.items() if n > 0}, 0.99)
         return failures > 0 or (p99 is not None and p99 > KNEE_P99_MS)
 
     def tick(self) -> tuple[int, float] | None:

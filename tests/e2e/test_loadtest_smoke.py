@@ -8,15 +8,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from loadtest.run import SCENARIOS
+from loadtest.config import SCENARIOS
+from tests import support
 
-ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("stack", "builtin")
 
 
@@ -33,14 +32,7 @@ def smoke_run(stack_url, baseline_url, tmp_path_factory):
     }
     for name in ("SCENARIOS", "USERS", "DURATION", "ROUNDS", "WARMUP", "REFERENCE", "SHAPE"):
         env.pop(name, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "loadtest.run"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = support.run(sys.executable, "-m", "loadtest.run", env=env, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (out_dir,) = [p for p in results_dir.iterdir() if p.is_dir()]
     results = json.loads((out_dir / "results.json").read_text())

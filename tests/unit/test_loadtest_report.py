@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loadtest import report
-from loadtest.report import DASH, TIMES
-from loadtest.run import parse_config, step_knee
-from loadtest.sampling import Cgroups, ContainerSampler
+from loadtest import report, stats
+from loadtest.cgroups import Cgroups, ContainerSampler
+from loadtest.config import parse_config
+from loadtest.report import summary, tables
+from loadtest.report.format import DASH, TIMES
+from loadtest.steps import step_knee
 
 
 def run(scenario, target, rnd, rps, p99=10.0, failures=0, processes=1):
@@ -50,16 +52,16 @@ def results_with(runs, ceiling=None):
 
 
 def test_percentile_and_merge():
-    merged = report.merge_times(
+    merged = stats.merge_times(
         [
             {"requests": 2, "failures": 0, "times": {"1": 1, "10": 1}},
             {"requests": 2, "failures": 1, "times": {"10": 1, "100": 1}},
         ]
     )
     assert merged["requests"] == 4 and merged["failures"] == 1
-    assert report.percentile(merged["times"], 0.5) == 10
-    assert report.percentile(merged["times"], 0.99) == 100
-    assert report.percentile({}, 0.5) is None
+    assert stats.percentile(merged["times"], 0.5) == 10
+    assert stats.percentile(merged["times"], 0.99) == 100
+    assert stats.percentile({}, 0.5) is None
 
 
 def test_ratio_is_paired_by_round_and_summarised_as_median_min_max():
@@ -71,7 +73,7 @@ def test_ratio_is_paired_by_round_and_summarised_as_median_min_max():
         run("json", "stack", 3, 2000),
         run("json", "builtin", 3, 500),
     ]
-    s = report.summarize(results_with(runs))["json"]
+    s = summary.summarize(results_with(runs))["json"]
     assert s["stack"]["ratio"] == (3.0, 2.0, 4.0)
     assert s["stack"]["rps"] == (2000, 2000, 3000)
     assert s["builtin"]["ratio"] is None
@@ -85,10 +87,10 @@ def test_generator_limited_above_70_percent_of_the_ceiling_with_the_same_process
         run("plaintext", "builtin", 2, 1000),
     ]
     results = results_with(runs, ceiling={"1": 10000, "2": 20000})
-    s = report.summarize(results)["plaintext"]
+    s = summary.summarize(results)["plaintext"]
     assert s["stack"]["generator_limited_rounds"] == [1]
     assert s["builtin"]["generator_limited_rounds"] == []
-    rows = report.table_rows(results, report.summarize(results))
+    rows = tables.table_rows(results, summary.summarize(results))
     assert "generator-limited (round 1)" in rows[0][-1]
 
 
@@ -228,7 +230,7 @@ def test_cpu_per_request_by_component_matches_the_containers_figure(tmp_path: Pa
         measured("json", "builtin", 1, 40, builtin_cpu, proxy_s=0.04, engine_s=0.02),
     ]
     results = cpu_results(runs)
-    s = report.summarize(results)["json"]
+    s = summary.summarize(results)["json"]
     assert {k: round(v[0], 6) for k, v in s["stack"]["cpu_ms"].items()} == {
         "nginx": 0.1,
         "server": 0.3,

@@ -1,0 +1,178 @@
+"""The report's tables, as rows of formatted cells, from results.json and its summary."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from loadtest.report.format import DASH, TIMES, fmt_ms, mib, num, short, span
+from loadtest.report.summary import BASELINE, COMPONENTS, NOISY_CORES, Doc, Summary, loaded
+
+
+@dataclass(frozen=True)
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+RESULTS_HEADER = [
+    "scenario",
+    "target",
+    "requests/s",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "failures",
+    "÷ built-in",
+    "note",
+]
+
+
+def table_rows(results: Doc, summary: Summary) -> list[list[str]]:
+    """The results table: per scenario and target, the medians, the ratio and the marks."""
+    rows = []
+    for scenario, per_target in summary.items():
+        for target in results["targets"]:
+            s = per_target.get(target["name"])
+            if s is None:
+                continue
+            if "skipped" in s:
+                rows.append([scenario, target["name"], "skipped", "", "", "", "", "", s["skipped"]])
+                continue
+            flags = []
+            if s["generator_limited_rounds"]:
+                rounds = ",".join(map(str, s["generator_limited_rounds"]))
+                flags.append(f"⚠ generator-limited (round {rounds})")
+            if s.get("other_cores") and s["other_cores"][0] > NOISY_CORES:
+                flags.append(f"noisy: other work took {s['other_cores'][0]:.1f} cores")
+            if s["containers_unread"]:
+                project = results["config"]["compose_project"]
+                gone = ", ".join(short(n, project) for n in s["containers_unread"])
+                flags.append(f"CPU not read: {gone} (gone or recreated during the run)")
+            rows.append(
+                [
+                    scenario,
+                    target["name"],
+                    span(s["rps"]),
+                    fmt_ms(s["p50"] and s["p50"][0]),
+                    fmt_ms(s["p95"] and s["p95"][0]),
+                    fmt_ms(s["p99"] and s["p99"][0]),
+                    f"{s['failures']:,}",
+                    DASH if target["name"] == BASELINE else span(s["ratio"], 2, TIMES),
+                    "; ".join(flags),
+                ]
+            )
+    return rows
+
+
+def cpu_table(results: Doc, summary: Summary) -> Table:
+    """Where one request's CPU goes, per component, for every scenario and target."""
+    rows = []
+    for scenario, per_target in summary.items():
+        for target in results["targets"]:
+            s = per_target.get(target["name"])
+            if not s or "skipped" in s or not s["cpu_ms"]:
+                continue
+            rows.append(
+                [scenario, target["name"], *(span(s["cpu_ms"].get(k), 2) for k in COMPONENTS)]
+            )
+    return Table(["scenario", "target", *COMPONENTS.values()], rows)
+
+
+def generator_table(summary: Summary) -> Table:
+    """Where the machine's cores went during the runs, per scenario and target."""
+    rows = []
+    for scenario, per_target in summary.items():
+        for name, s in per_target.items():
+            if "skipped" in s:
+                continue
+            rows.append(
+                [
+                    scenario,
+                    name,
+                    ",".join(map(str, s["processes"])),
+                    span(s["gen_cores"], 2),
+                    span(s["proxy_cores"], 2),
+                    span(s["engine_cores"], 2),
+                    span(s["server_cores"], 2),
+                    span(s["other_cores"], 2),
+                    span(s["cpu_ms"].get("containers"), 2),
+                    span(s["machine_busy"] and tuple(100 * v for v in s["machine_busy"])),
+                ]
+            )
+    header = ["scenario", "target", "Locust processes", "generator", "docker-proxy"]
+    header += ["docker engine", "containers", "other work", "containers' CPU ms per request"]
+    return Table([*header, "machine busy %"], rows)
+
+
+def idle_table(results: Doc) -> Table | None:
+    """Each container's memory and CPU before the first run, if they were read."""
+    docker = results["docker"]
+    idle = docker.get("idle", {})
+    if not idle:
+        return None
+    names = docker["containers"]
+    row = [f"{mib(idle[n]['mem'])}, {idle[n]['cpu']:.0f}%" if n in idle else DASH for n in names]
+    project = results["config"]["compose_project"]
+    return Table(
+        ["when", *(short(n, project) for n in names)], [["idle, before the first run", *row]]
+    )
+
+
+def loaded_table(results: Doc) -> Table:
+    """Per scenario and target, each container's peak memory and CPU and its mean cores."""
+    names = results["docker"]["containers"]
+    rows = []
+    for scenario in results["config"]["scenarios"]:
+        for target in results["targets"]:
+            mine = [
+                r
+                for r in loaded(results)
+                if r["scenario"] == scenario and r["target"] == target["name"]
+            ]
+            if not mine:
+                continue
+            cells = []
+            for n in names:
+                mems = [r["containers"][n]["mem"] for r in mine if n in r.get("containers", {})]
+                cpus = [r["containers"][n]["cpu"] for r in mine if n in r.get("containers", {})]
+                means = [r["container_cores"][n] for r in mine if n in r.get("container_cores", {})]
+                cell = f"{mib(max(mems))}, {max(cpus):.0f}%" if mems else DASH
+                if means:
+                    cell += f", {statistics.median(means):.2f}"
+                cells.append(cell)
+            rows.append([scenario, target["name"], *cells])
+    project = results["config"]["compose_project"]
+    return Table(["scenario", "target", *(short(n, project) for n in names)], rows)
+
+
+def knee_table(results: Doc) -> Table:
+    """Per scenario and target of a step load: the knee, why, and the best step before it."""
+    step_max = results["config"]["step_max"]
+    rows = []
+    for entry in results["steps"]:
+        knee = entry.get("knee")
+        if entry.get("skipped"):
+            rows.append([entry["scenario"], entry["target"], "skipped", "", "", entry["skipped"]])
+            continue
+        best = entry.get("best") or {}
+        rows.append(
+            [
+                entry["scenario"],
+                entry["target"],
+                f"{knee['users']} users" if knee else f"> {step_max} users",
+                (knee or {}).get("why", "not reached"),
+                f"{num(best.get('rps'))} at {best.get('users', DASH)} users" if best else DASH,
+                f"{entry.get('failures', 0):,} failed",
+            ]
+        )
+    return Table(["scenario", "target", "knee", "why", "best requests/s", "failures"], rows)
+
+
+def step_table(entry: Doc) -> Table:
+    """One step load's figures, step by step."""
+    rows = [
+        [str(s["users"]), num(s["rps"]), fmt_ms(s["p50"]), fmt_ms(s["p99"]), str(s["failures"])]
+        for s in entry["per_step"]
+    ]
+    return Table(["users", "requests/s", "p50 ms", "p99 ms", "failures"], rows)

@@ -1,0 +1,146 @@
+"""What report.md shows, as one typed structure built from results.json and its summary; the
+template (templates/report.md.j2) only lays it out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest.config import Config
+from loadtest.report.budgets import budgets_table
+from loadtest.report.format import num
+from loadtest.report.summary import BASELINE, Doc, Summary
+from loadtest.report.tables import (
+    RESULTS_HEADER,
+    Table,
+    cpu_table,
+    generator_table,
+    idle_table,
+    knee_table,
+    loaded_table,
+    step_table,
+    table_rows,
+)
+
+
+@dataclass(frozen=True)
+class StepLoad:
+    knees: Table
+    per_step: list[tuple[str, Table]]  # "scenario · target", its steps
+
+
+@dataclass(frozen=True)
+class Containers:
+    reason: str | None  # why they were not read; then there are no tables
+    idle: Table | None
+    loaded: Table | None
+
+
+@dataclass(frozen=True)
+class Profile:
+    head: str  # scenario · target (container)
+    error: str
+    title: str  # the summary's first line
+    hottest: list[str]  # its top frames by self time
+
+
+@dataclass(frozen=True)
+class TargetLine:
+    name: str
+    url: str
+    description: str
+    state: str  # why it was skipped, or its Server and Connection headers
+
+
+@dataclass(frozen=True)
+class Report:
+    """A section is None when there is nothing for it; a table without rows says so."""
+
+    config: Config
+    started: str
+    command: str
+    stack_url: str
+    baseline_url: str
+    results: Table | None
+    step_load: StepLoad | None
+    budgets: Table | None
+    cpu: Table | None
+    ceiling: str  # requests/s per number of Locust processes; '' when not measured
+    ceiling_reason: str
+    generator: Table | None
+    containers: Containers
+    profiles: list[Profile]
+    targets: list[TargetLine]
+    machine: dict[str, str]
+    notes: list[str]
+    files: int  # entries in the results directory
+
+
+def build(out_dir: Path, results: Doc, summary: Summary) -> Report:
+    """Every section of the report of the results in `out_dir`."""
+    ceiling = results.get("ceiling", {})
+    budgets = budgets_table(results, summary)
+    return Report(
+        config=Config(**results["config"]),
+        started=results["started"],
+        command=results["command"],
+        stack_url=_url(results, "stack"),
+        baseline_url=_url(results, BASELINE),
+        results=Table(RESULTS_HEADER, table_rows(results, summary)) if summary else None,
+        step_load=_step_load(results),
+        budgets=budgets if summary or budgets.rows else None,
+        cpu=cpu_table(results, summary) if summary else None,
+        ceiling=", ".join(
+            f"{p} process{'es' if p != '1' else ''}: {num(v)} requests/s"
+            for p, v in sorted(ceiling.get("rps", {}).items())
+        ),
+        ceiling_reason=ceiling.get("reason", "unknown"),
+        generator=generator_table(summary) if summary else None,
+        containers=_containers(results),
+        profiles=[_profile(out_dir, p) for p in results.get("profiles", [])],
+        targets=[
+            TargetLine(
+                t["name"],
+                t["url"],
+                t["description"],
+                (f"skipped: {t['skipped']}" if t.get("skipped") else t.get("server", "")).rstrip(),
+            )
+            for t in results["targets"]
+        ],
+        machine=results["machine"],
+        notes=results.get("notes", []),
+        files=sum(1 for p in out_dir.iterdir() if p.is_file() or p.is_dir()),
+    )
+
+
+def _url(results: Doc, name: str) -> str:
+    for t in results["targets"]:
+        if t["name"] == name:
+            return t["url"]
+    return "?"
+
+
+def _step_load(results: Doc) -> StepLoad | None:
+    steps = results.get("steps", [])
+    if not steps:
+        return None
+    per_step = [
+        (f"{e['scenario']} · {e['target']}", step_table(e)) for e in steps if not e.get("skipped")
+    ]
+    return StepLoad(knee_table(results), per_step)
+
+
+def _containers(results: Doc) -> Containers:
+    docker = results.get("docker", {})
+    if not docker.get("containers"):
+        return Containers(docker.get("reason", "docker unavailable"), None, None)
+    return Containers(None, idle_table(results), loaded_table(results))
+
+
+def _profile(out_dir: Path, p: Doc) -> Profile:
+    head = f"{p['scenario']} · {p['target']} ({p.get('container', '?')})"
+    if p.get("error"):
+        return Profile(head, p["error"], "", [])
+    text = (out_dir / p["summary"]).read_text().splitlines()
+    own = text[text.index("self:") + 1 : text.index("self:") + 11] if "self:" in text else []
+    return Profile(head, "", text[0] if text else "", own)
