@@ -4,7 +4,8 @@ Every test drives ~100 requests/s of mixed reads and idempotent creates through 
 port (tests/faults/loadgen.py), injects one fault with docker, and checks what the clients saw, what
 nginx logged and what is in the database. Each leaves three healthy replicas behind. Figures are
 printed as `FIGURE <name>: ...` lines (run pytest with -s to see them); only the functional
-claims are asserted, never a timing, except the issue's "within 5 s" recovery bound.
+claims are asserted, never a timing, but for one bound that is the claim itself: after a Postgres
+restart every replica serves again within 5 s of the database being healthy, with no restart.
 """
 
 from __future__ import annotations
