@@ -445,3 +445,32 @@ def test_app_log_lines_under_the_host_carry_the_request_id(host_factory):
     for entry in app_lines + host_lines:
         assert {"ts", "level", "logger", "message", "request_id"} <= entry.keys()
         assert entry["level"] == entry["level"].lower()
+
+
+def raw_request(port: int, request: bytes) -> bytes:
+    """Send raw bytes to the host and return everything it answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    return response
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n", b"400"),
+        (b"GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", b"400"),
+        (b"GET /hello HTTP/1.1\r\nHost: bad host\r\nConnection: close\r\n\r\n", b"400"),
+        (b"GET /hello HTTP/1.1\r\nHost: x/y\r\nConnection: close\r\n\r\n", b"400"),
+        (b"GET /hello HTTP/1.0\r\n\r\n", b"200"),  # HTTP/1.0 does not require Host
+        (b"GET /hello HTTP/1.1\r\nHost: [::1]:8000\r\nConnection: close\r\n\r\n", b"200"),
+    ],
+    ids=["missing", "repeated", "space", "slash", "http/1.0 without", "ipv6 literal"],
+)
+def test_host_header_is_checked_on_the_wsgi_path(host_factory, request_bytes, status):
+    """RFC 9112: a missing (HTTP/1.1), malformed or repeated Host is a 400, before the app."""
+    host = host_factory(APP_MODULE="hostapps:app")
+    response = raw_request(host.port, request_bytes)
+    assert response.split(b" ", 2)[1] == status, response[:200]

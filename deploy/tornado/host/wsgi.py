@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import socket
 import sys
 import threading
@@ -21,6 +22,7 @@ from urllib.parse import unquote_to_bytes
 
 import tornado.httputil
 import tornado.web
+from tornado.httputil import HTTPHeaders
 from tornado.ioloop import IOLoop
 
 from app.contract import error_envelope, new_request_id, sane_request_id
@@ -30,6 +32,20 @@ access_log = logging.getLogger("access")
 REPLICA = socket.gethostname()
 WSGIResponse = tuple[str, list[tuple[str, str]], bytes]  # status line, headers, whole body
 NATIVE_PATHS = frozenset({"/healthz", "/ws"})  # served on the IOLoop; everything else is WSGI
+# RFC 3986's host (an IP literal, or reg-name characters) and an optional port. A comma is left
+# out on purpose: repeated Host headers arrive joined by one, and RFC 9112 wants a 400 for them.
+HOST = re.compile(r"(?:\[[0-9A-Za-z:.%]+\]|[A-Za-z0-9\-._~%!$&'()*+;=]*)(?::[0-9]*)?")
+
+
+def check_host(start_line: tornado.httputil.RequestStartLine, headers: HTTPHeaders) -> None:
+    """Refuse a missing (HTTP/1.1), malformed or repeated Host header, as Tornado's own request
+    object does: the connection answers 400 and closes (RFC 9112, section 3.2)."""
+    host = headers.get("Host")
+    if host is None:
+        if start_line.version != "HTTP/1.0":
+            raise tornado.httputil.HTTPInputError("Missing Host header")
+    elif not HOST.fullmatch(host):
+        raise tornado.httputil.HTTPInputError(f"Invalid Host header: {host!r}")
 
 
 def error_response(status: int, request_id: str) -> WSGIResponse:
@@ -188,6 +204,7 @@ class WSGIExchange(tornado.httputil.HTTPMessageDelegate):
         if start_line.path.partition("?")[0] in NATIVE_PATHS:
             self.native = self.path.native.start_request(self.server_conn, self.connection)
             return self.native.headers_received(start_line, headers)
+        check_host(start_line, headers)
         self.start_line, self.headers = start_line, headers
         length = headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.path.max_body:
