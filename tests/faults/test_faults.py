@@ -105,8 +105,16 @@ def test_sigterm_one_replica_under_load_fails_nothing(stack_url, users):
         # down (moby: ExitOnNext), so bring it back the way an orchestrator would.
         fk.run("docker", "start", victim.id)
         fk.wait_for(victim.id, "healthy", timeout=60)
-        time.sleep(6)  # nginx re-resolves within 5 s; traffic reaches the replica again
-    served_after = {o.served_by for o in load.outcomes if o.start > time.time() - 3}
+        t_healthy = time.time()
+        # Docker's DNS has the replica back at `docker start`, before it listens: if nginx's
+        # 5 s re-resolve adds it then, its first refused connect benches it for fail_timeout
+        # (10 s; retried elsewhere, so nothing fails). Wait out both, then stop the load.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+            o.served_by == victim.hostname and o.start > t_healthy for o in list(load.outcomes)
+        ):
+            time.sleep(0.5)
+    served_after = {o.served_by for o in load.outcomes if o.start > t_healthy}
     integrity = check_integrity(load)
     figure(
         "sigterm",
