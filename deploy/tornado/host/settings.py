@@ -1,8 +1,8 @@
 """The host's own knobs, read once from the environment, and its logging.
 
 Everything here is a server setting; the Flask app reads its own configuration in create_app.
-Each value is documented in .env.example; the defaults below are the only ones in code, and
-tests/unit/test_consistency.py holds them against .env.example and the compose files.
+Each value is documented in .env.example, and tests/unit/test_consistency.py holds the defaults
+below against it and the compose files.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from app.config import INT_SETTINGS
 from app.contract import log_handler
-
-# Bounds of MAX_UPLOAD_MB, the same as the app's (app/config.py).
-UPLOAD_MB_RANGE = (1, 4096)
 
 
 def env_int(environ: Mapping[str, str], name: str, default: int, high: int | None = None) -> int:
@@ -83,12 +81,13 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         """Read every knob; an unset or empty variable keeps its default."""
         d = cls()
+        _, upload_max = INT_SETTINGS["MAX_UPLOAD_MB"]  # the app's own bound
         return cls(
             host=environ.get("HOST") or d.host,
             port=env_int(environ, "PORT", d.port),
             app_module=environ.get("APP_MODULE") or d.app_module,
             threads=env_int(environ, "APP_THREADS", d.threads),
-            upload_mb=env_int(environ, "MAX_UPLOAD_MB", d.upload_mb, UPLOAD_MB_RANGE[1]),
+            upload_mb=env_int(environ, "MAX_UPLOAD_MB", d.upload_mb, upload_max),
             idle_timeout=env_int(environ, "IDLE_TIMEOUT", d.idle_timeout),
             shutdown_timeout=env_int(environ, "SHUTDOWN_TIMEOUT", d.shutdown_timeout),
             shutdown_delay=float(environ.get("SHUTDOWN_DELAY") or d.shutdown_delay),
