@@ -14,6 +14,7 @@ from flask_jwt_extended import current_user, jwt_required
 from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
+from . import events
 from .errors import APIError
 from .extensions import db
 from .models import Upload
@@ -83,6 +84,12 @@ def create_upload() -> tuple[Response, int, dict[str, str]]:
             sha256=sha256,
         )
         db.session.add(upload)
+        db.session.flush()
+        # To the uploader's own sockets (every tab and device, on any replica), at commit.
+        events.publish(
+            {"type": "upload.stored", "upload": upload.to_dict()},
+            to=events.user_room(current_user.id),
+        )
         db.session.commit()
     except BaseException:
         target.unlink(missing_ok=True)

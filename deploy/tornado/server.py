@@ -1,9 +1,10 @@
-"""The Tornado host process: one WSGI app on a thread pool, plus native /healthz and /ws.
+"""The Tornado host process: one WSGI app on a thread pool, plus native /healthz, /ws, /socket.io/.
 
-One process per container; scale by containers. A request for /healthz or /ws goes to a small
-tornado.web.Application on the IOLoop; every other request goes from the HTTP connection to one
-pool job (host/wsgi.py), its body read once and parsed only by the app. Websockets and their
-events are host/realtime.py; the knobs, read once from the environment, host/settings.py.
+One process per container; scale by containers. A request for /healthz, /ws or /socket.io/ goes
+to a small tornado.web.Application on the IOLoop; every other request goes from the HTTP
+connection to one pool job (host/wsgi.py), its body read once and parsed only by the app.
+Websockets and their events are host/realtime.py, socket.io host/sio.py; the knobs, read once
+from the environment, host/settings.py.
 
 This file is the process: it builds those parts, serves, and drains on SIGTERM.
 """
@@ -16,8 +17,10 @@ import signal
 import time
 from typing import Any
 
+import socketio
 import tornado.httpserver
 import tornado.web
+from host import sio as socketio_host
 from host.realtime import EventSocket, Hub, PostgresListener, listen_target, subscribe_in_process
 from host.settings import Settings, configure_logging, load_wsgi_app
 from host.wsgi import REPLICA, WorkerPool, WSGIPath
@@ -77,6 +80,7 @@ async def drain(
     server: tornado.httpserver.HTTPServer,
     wsgi: WSGIPath,
     hub: Hub,
+    sio: socketio.AsyncServer,
     state: dict[str, bool],
     timeout: float,
 ) -> None:
@@ -86,6 +90,7 @@ async def drain(
     # Requests that still arrive on kept-alive connections get `Connection: close`.
     server.conn_params.no_keep_alive = True
     hub.close_all()
+    await socketio_host.close_all(sio)
     deadline = time.monotonic() + timeout
     # Done when nothing is in flight and no request has come for DRAIN_IDLE: by then nginx has
     # benched this replica (its first refused connection does that, max_fails=1) or sends it
@@ -110,14 +115,23 @@ async def main() -> None:
     pool = WorkerPool(settings.threads)
     hub = Hub()
     state = {"draining": False}
+    target = listen_target(wsgi_app)
+    notifier = socketio_host.Notifier(*target) if target else None
+    channel = target[1] if target else "in-process"
+    sio, sio_handler = socketio_host.build(wsgi_app, settings.origins, state, notifier, channel)
     native = tornado.web.Application(
         [
             (r"/healthz", HealthHandler, {"state": state}),
             (r"/ws", EventSocket, {"hub": hub, "origins": settings.origins, "state": state}),
+            (r"/socket\.io/", sio_handler),
         ],
-        # Pings keep idle sockets alive through nginx's proxy_read_timeout and find dead peers.
+        # Pings keep idle /ws sockets alive through nginx's proxy_read_timeout and find dead
+        # peers (socket.io sessions run engine.io's own pings).
         websocket_ping_interval=20,
-        websocket_ping_timeout=30,
+        websocket_ping_timeout=20,
+        # Clients send pings and socket.io control packets; a bigger frame closes that one
+        # connection with 1009 (message too big).
+        websocket_max_message_size=socketio_host.MAX_CLIENT_PACKET,
         log_function=log_native_request if settings.access_log else lambda handler: None,
     )
     wsgi = WSGIPath(wsgi_app, pool, native, settings.max_body, settings.access_log)
@@ -132,12 +146,12 @@ async def main() -> None:
     server.listen(settings.port, address=settings.host)
 
     listener = None
-    target = listen_target(wsgi_app)
+    fanout = socketio_host.Fanout(hub, sio)
     if target:
-        listener = PostgresListener(*target, hub.broadcast)
+        listener = PostgresListener(*target, fanout)
         listener_task = asyncio.create_task(listener.run())
-    elif not subscribe_in_process(wsgi_app, hub.broadcast):
-        log.info("no event source: /ws sends only hello and pong")
+    elif not subscribe_in_process(wsgi_app, fanout):
+        log.info("no event source: /ws and socket.io send no events")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -159,7 +173,7 @@ async def main() -> None:
         log.info("serving on before draining", extra={"delay_s": settings.shutdown_delay})
         await asyncio.sleep(settings.shutdown_delay)
     log.info("draining", extra={"timeout_s": settings.shutdown_timeout})
-    await drain(server, wsgi, hub, state, settings.shutdown_timeout)
+    await drain(server, wsgi, hub, sio, state, settings.shutdown_timeout)
     if listener is not None:
         listener.close()
         listener_task.cancel()

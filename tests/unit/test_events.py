@@ -39,14 +39,29 @@ def test_post_created_event(client: FlaskClient, auth, received) -> None:
 
 def test_events_wait_for_commit_and_vanish_on_rollback(app: Flask, received) -> None:
     with app.app_context():
+        db.session.connection()  # a transaction is open: the event waits for its outcome
         events.publish({"type": "test", "n": 1})
         assert received == []
         db.session.rollback()
         db.session.commit()
         assert received == []
+        db.session.connection()
         events.publish({"type": "test", "n": 2})
+        assert received == []
         db.session.commit()
     assert received == [{"type": "test", "n": 2}]
+
+
+def test_an_event_outside_a_transaction_is_sent_at_once(app: Flask, received) -> None:
+    with app.app_context():
+        events.publish({"type": "test", "n": 3}, to=events.user_room(7))
+        assert received == [{"type": "test", "n": 3, "to": "user:7"}]
+
+
+@pytest.mark.parametrize("bad", [{"n": 1}, {"type": 5}, {"type": "x", "to": "user:1"}])
+def test_events_need_a_type_and_leave_to_to_publish(app: Flask, bad: dict) -> None:
+    with app.app_context(), pytest.raises(ValueError, match="type"):
+        events.publish(bad)
 
 
 def test_oversized_events_are_refused(app: Flask) -> None:

@@ -1,7 +1,8 @@
 """The WSGI path: each request from the HTTP connection to one pool job and back.
 
-A request for a native path (/healthz, /ws) is handed to the host's small tornado.web
-application instead; everything else runs the WSGI app on a pool thread, never on the IOLoop.
+A request for a native path (/healthz, /ws, /socket.io/) is handed to the host's small
+tornado.web application instead; everything else runs the WSGI app on a pool thread, never on
+the IOLoop.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ access_log = logging.getLogger("access")
 REPLICA = socket.gethostname()
 WSGIResponse = tuple[str, list[tuple[str, str]], bytes]  # status line, headers, whole body
 NATIVE_PATHS = frozenset({"/healthz", "/ws"})  # served on the IOLoop; everything else is WSGI
+NATIVE_PREFIX = "/socket.io/"  # socket.io's engine, on the IOLoop too
 # RFC 3986's host (an IP literal, or reg-name characters) and an optional port. A comma is left
 # out on purpose: repeated Host headers arrive joined by one, and RFC 9112 wants a 400 for them.
 HOST = re.compile(r"(?:\[[0-9A-Za-z:.%]+\]|[A-Za-z0-9\-._~%!$&'()*+;=]*)(?::[0-9]*)?")
@@ -99,7 +101,8 @@ class WorkerPool:
 
 
 class WSGIPath(tornado.httputil.HTTPServerConnectionDelegate):
-    """The host's request router: /healthz and /ws to Tornado's web app, the rest to WSGI.
+    """The host's request router: /healthz, /ws and /socket.io/ to Tornado's web app, the rest
+    to WSGI.
 
     Every request that is not one of the native paths goes straight from the HTTP connection
     to one pool job, with no `tornado.web.RequestHandler` in between. A handler (Tornado's
@@ -201,7 +204,8 @@ class WSGIExchange(tornado.httputil.HTTPMessageDelegate):
         headers: tornado.httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
         start_line = cast(tornado.httputil.RequestStartLine, start_line)
-        if start_line.path.partition("?")[0] in NATIVE_PATHS:
+        path = start_line.path.partition("?")[0]
+        if path in NATIVE_PATHS or path.startswith(NATIVE_PREFIX):
             self.native = self.path.native.start_request(self.server_conn, self.connection)
             return self.native.headers_received(start_line, headers)
         check_host(start_line, headers)

@@ -1,0 +1,277 @@
+"""socket.io on every replica: python-socketio's AsyncServer in Tornado mode, beside /ws.
+
+Fan-out needs no broker. Each replica LISTENs on the app's Postgres channel (realtime.py) and
+hands every message to Fanout: an app event goes to this replica's own clients (all of them, or
+one room), and a message from another replica's socket.io server goes to ChannelManager, the
+python-socketio manager whose pub/sub backend is that same channel. So an emit, a room change or a
+disconnect made on one replica reaches the connections on every other one. Without Postgres the
+app's in-process bus feeds Fanout, and there is only one process to reach.
+
+Connections authenticate with the API's JWT (the socket.io `auth` payload) and join their user's
+room; origins are CORS_ORIGINS plus the page's own. On drain every engine.io session is cut
+without socket.io's disconnect packet, which clients take as a transport loss: they reconnect,
+through nginx, to another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import engineio
+import socketio
+import tornado.web
+from socketio.async_pubsub_manager import AsyncPubSubManager
+from tornado.ioloop import IOLoop
+
+from app.contract import current_request_id, error_envelope, new_request_id, sane_request_id
+
+from .realtime import Hub
+from .wsgi import REPLICA
+
+log = logging.getLogger("host")
+MAX_NOTIFY_BYTES = 7999  # Postgres refuses a NOTIFY payload of 8000 bytes or more
+# socket.io packets a client may send: the longest polling body or websocket frame accepted.
+# Clients here only connect and receive; 64 KiB is far above any packet they send.
+MAX_CLIENT_PACKET = 64 * 1024
+# The replica names nginx routes to: Docker's container short ids, which its DNS resolves.
+ROUTABLE_NAME = re.compile(r"[0-9a-f]{12}")
+
+
+class ChannelManager(AsyncPubSubManager):
+    """python-socketio's pub/sub manager over Postgres LISTEN/NOTIFY.
+
+    What this replica's server publishes goes out through `send` (a NOTIFY on the app's channel);
+    what other replicas publish comes back through feed(). `send` is None without Postgres: one
+    process, nobody else to tell.
+    """
+
+    name = "postgres-notify"
+
+    def __init__(self, send: Callable[[str], Awaitable[None]] | None, channel: str) -> None:
+        super().__init__(channel=channel)
+        self.send = send
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def _publish(self, data: dict[str, Any]) -> None:
+        if self.send is None:
+            return
+        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        size = len(payload.encode("utf-8"))
+        if size > MAX_NOTIFY_BYTES:
+            raise ValueError(
+                f"socket.io message is {size} bytes, over Postgres NOTIFY's 8000-byte limit: "
+                "it cannot reach the other replicas"
+            )
+        await self.send(payload)
+
+    async def _listen(self) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+        while True:
+            yield await self.inbox.get()
+
+    def feed(self, message: dict[str, Any]) -> None:
+        """A message another replica's server published (called on the IOLoop)."""
+        self.inbox.put_nowait(message)
+
+
+class Notifier:
+    """NOTIFY on its own autocommit connection, from a worker thread, one at a time."""
+
+    def __init__(self, dsn: str, channel: str) -> None:
+        self.dsn, self.channel = dsn, channel
+        self.conn: Any = None
+        self.lock = threading.Lock()
+
+    def _send(self, payload: str) -> None:
+        import psycopg2
+
+        with self.lock:
+            for attempt in (1, 2):  # once more on a fresh connection if the old one died
+                try:
+                    if self.conn is None or self.conn.closed:
+                        self.conn = psycopg2.connect(self.dsn, connect_timeout=3)
+                        self.conn.autocommit = True
+                    with self.conn.cursor() as cur:
+                        cur.execute("SELECT pg_notify(%s, %s)", (self.channel, payload))
+                    return
+                except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                    if self.conn is not None:
+                        self.conn.close()
+                    self.conn = None
+                    if attempt == 2:
+                        raise
+
+    async def __call__(self, payload: str) -> None:
+        await IOLoop.current().run_in_executor(None, self._send, payload)
+
+
+class Fanout:
+    """Hands each message heard on the app's channel to this replica's clients.
+
+    A message with a `method` is a socket.io server's (ChannelManager's format). Anything else is
+    an app event, a JSON object with a `type` and, for a room, a `to`: /ws clients get the ones
+    without `to` (they carry no identity), socket.io clients get each as the event named by its
+    type, with the object (less `to`) as its data.
+    """
+
+    def __init__(self, hub: Hub, sio: socketio.AsyncServer | None) -> None:
+        self.hub, self.sio = hub, sio
+        self.pending: set[asyncio.Future[Any]] = set()
+
+    def __call__(self, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            log.warning("unreadable event ignored", extra={"bytes": len(payload)})
+            return
+        if not isinstance(message, dict):
+            return
+        if "method" in message:
+            if self.sio is not None:
+                self.sio.manager.feed(message)
+            return
+        room = message.pop("to", None)
+        if room is None:
+            self.hub.broadcast(payload)
+        kind = message.get("type")
+        if self.sio is not None and isinstance(kind, str):
+            # Only to this replica's clients: every replica heard the same NOTIFY.
+            task = asyncio.ensure_future(self.sio.emit(kind, message, to=room, ignore_queue=True))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
+
+
+class Engine(engineio.AsyncServer):
+    """engine.io's server: session ids that name their replica, errors in the JSON envelope.
+
+    A long-polling session is many requests, and all must reach the replica that holds it.
+    Its id starts with the replica's container name (Docker's DNS resolves it on the stack's
+    network), so nginx routes by the id alone (nginx.conf, map $io_upstream).
+    """
+
+    def generate_id(self) -> str:
+        sid: str = super().generate_id()
+        return f"{REPLICA}.{sid}" if ROUTABLE_NAME.fullmatch(REPLICA) else sid
+
+    def _error(self, status: int, line: str, message: str) -> dict[str, Any]:
+        rid = current_request_id.get() or new_request_id()
+        body = json.dumps(error_envelope(status, rid, message)).encode()
+        return {"status": line, "headers": [("Content-Type", "application/json")], "response": body}
+
+    def _bad_request(self, message: str | None = None) -> dict[str, Any]:
+        return self._error(400, "400 BAD REQUEST", message or "Bad socket.io request.")
+
+    def _method_not_found(self) -> dict[str, Any]:
+        return self._error(405, "405 METHOD NOT ALLOWED", "Method not allowed.")
+
+    def _unauthorized(self, message: str | None = None) -> dict[str, Any]:
+        return self._error(401, "401 UNAUTHORIZED", message or "Unauthorized.")
+
+
+class Server(socketio.AsyncServer):
+    """python-socketio's server on Engine."""
+
+    def _engineio_server_class(self) -> type[engineio.AsyncServer]:
+        return Engine
+
+
+def allowed_origin(origins: frozenset[str]) -> Callable[[str, dict[str, Any]], bool]:
+    """CORS_ORIGINS plus the page's own origin (nginx passes the public Host and scheme)."""
+
+    def check(origin: str, environ: dict[str, Any]) -> bool:
+        if origin in origins:
+            return True
+        scheme = environ.get("HTTP_X_FORWARDED_PROTO", environ.get("wsgi.url_scheme", "http"))
+        return origin == f"{scheme.split(',')[0].strip()}://{environ.get('HTTP_HOST', '')}"
+
+    return check
+
+
+def quiet_logger(name: str) -> logging.Logger:
+    """A library logger at warning level that keeps to the root (JSON) handler."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.WARNING)
+    return logger
+
+
+def build(
+    wsgi_app: Any,
+    origins: frozenset[str],
+    state: dict[str, bool],
+    send: Callable[[str], Awaitable[None]] | None,
+    channel: str,
+) -> tuple[socketio.AsyncServer, type[tornado.web.RequestHandler]]:
+    """The socket.io server and the Tornado handler that serves /socket.io/."""
+    sio = Server(
+        async_mode="tornado",
+        client_manager=ChannelManager(send, channel),
+        cors_allowed_origins=allowed_origin(origins),
+        max_http_buffer_size=MAX_CLIENT_PACKET,
+        # A ping every 20 s finds dead peers within 40 s; both are below nginx's 60 s
+        # proxy_read_timeout on /socket.io/, so a long-poll is never cut by the proxy.
+        ping_interval=20,
+        ping_timeout=20,
+        # Their records go through the host's JSON logging; per-packet chatter (info) is off.
+        logger=quiet_logger("socketio"),
+        engineio_logger=quiet_logger("engineio"),
+    )
+    # Start the manager's listener now, not at the first connection: messages heard before then
+    # would otherwise wait in its inbox and reach clients that connected after them.
+    sio.manager_initialized = True
+    sio.manager.initialize()
+    bus = getattr(wsgi_app, "extensions", {}).get("events")
+    authenticate = getattr(bus, "authenticate", None)
+    if authenticate is None:
+        log.info("the app has no realtime authenticate(): socket.io clients get broadcasts only")
+
+    @sio.on("connect")
+    async def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
+        if state["draining"]:
+            raise socketio.exceptions.ConnectionRefusedError("server shutting down")
+        if authenticate is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                room = await loop.run_in_executor(None, authenticate, wsgi_app, auth)
+            except PermissionError as exc:
+                raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+            await sio.enter_room(sid, room)
+        # Which replica holds the session, as /ws says in its hello; to this socket alone.
+        hello = {"type": "hello", "replica": REPLICA}
+        await sio.emit("hello", hello, to=sid, ignore_queue=True)
+
+    base: type[tornado.web.RequestHandler] = socketio.get_tornado_handler(sio)
+
+    class SocketIOHandler(base):  # type: ignore[valid-type,misc]
+        """/socket.io/: engine.io's handler, with the host's headers and a drain gate."""
+
+        def set_default_headers(self) -> None:
+            self.set_header("X-Served-By", REPLICA)
+
+        def prepare(self) -> None:
+            rid = sane_request_id(self.request.headers.get("X-Request-ID")) or new_request_id()
+            current_request_id.set(rid)  # engine.io's error bodies (Engine) carry it
+            # A new session on a draining replica would be cut at once: refuse it, so the
+            # client's retry goes to another replica. Existing sessions carry `sid`.
+            if state["draining"] and not self.get_query_argument("sid", ""):
+                self.set_status(503)
+                self.set_header("Content-Type", "application/json")
+                self.finish(error_envelope(503, rid))
+
+    return sio, SocketIOHandler
+
+
+async def close_all(sio: socketio.AsyncServer) -> None:
+    """Cut every engine.io session without socket.io's disconnect packet, so clients reconnect.
+
+    A disconnect packet tells a client the server meant it, and python-socketio and the
+    JavaScript client then stay away. A lost transport makes them reconnect, and nginx sends
+    them to a replica that is not draining.
+    """
+    for sock in list(sio.eio.sockets.values()):
+        await sock.close(wait=False, abort=True)
+        sock.queue.put_nowait(None)  # wakes the transport: a websocket closes, a long-poll ends
