@@ -174,10 +174,22 @@ class Engine(engineio.AsyncServer):
 
 
 class Server(socketio.AsyncServer):
-    """python-socketio's server on Engine."""
+    """python-socketio's server on Engine, closing a connection that sends a bad packet."""
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return Engine
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except ValueError as exc:  # undecodable, unknown or unexpected packet
+            # python-socketio would log it and carry on; the sender is broken or hostile, so
+            # its connection ends here (engine.io close) and no other one notices.
+            log.warning("bad socket.io packet, connection closed", extra={"error": str(exc)})
+            sock = self.eio.sockets.get(eio_sid)
+            if sock is not None:
+                await sock.close(wait=False)  # engine.io's close packet, then
+                sock.queue.put_nowait(None)  # the transport ends (a websocket closes)
 
 
 def allowed_origin(origins: frozenset[str]) -> Callable[[str, dict[str, Any]], bool]:

@@ -1,0 +1,173 @@
+"""socket.io through nginx on the three-replica test stack, with python-socketio's own client.
+
+Events cross replicas over Postgres LISTEN/NOTIFY; a long-polling session's requests all reach
+the replica that holds it; connections authenticate with the API's JWT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import jwt
+import pytest
+import requests
+import socketio
+from tornado.websocket import websocket_connect
+
+from tests.sioclient import Listener, close_all, on_distinct_replicas
+from tests.support import stack
+
+
+def login(stack_url: str) -> tuple[str, dict[str, str]]:
+    """A fresh user: (access token, auth headers)."""
+    creds = {"username": f"rt{secrets.token_hex(6)}", "password": secrets.token_urlsafe(16)}
+    assert requests.post(f"{stack_url}/api/auth/register", json=creds, timeout=10).ok
+    r = requests.post(f"{stack_url}/api/auth/login", json=creds, timeout=10)
+    assert r.status_code == 200, r.text
+    token = r.json()["access_token"]
+    return token, {"Authorization": f"Bearer {token}"}
+
+
+def post_through_another_replica(stack_url: str, headers: dict, avoid: set[str]) -> dict:
+    """Create posts until one is served by a replica outside `avoid`; return that post."""
+    for i in range(20):
+        r = requests.post(
+            f"{stack_url}/api/posts",
+            json={"title": f"realtime {secrets.token_hex(4)} {i}", "body": "fan-out"},
+            headers=headers,
+            timeout=10,
+        )
+        assert r.status_code == 201, r.text
+        if r.headers["X-Served-By"] not in avoid:
+            return r.json()
+    raise AssertionError(f"every post was served by {avoid}")
+
+
+def test_websocket_and_polling_clients_on_two_replicas_get_a_post_from_a_third(stack_url):
+    token, headers = login(stack_url)
+    kinds = ["websocket", "polling"]
+    clients = on_distinct_replicas(lambda i: Listener(stack_url, token, kinds[i]), 2)
+    try:
+        assert [c.client.transport() for c in clients] == kinds
+        post = post_through_another_replica(stack_url, headers, {c.replica for c in clients})
+        for c in clients:
+            event = c.next("post.created", {"post": {"id": post["id"]}})
+            assert event["post"]["title"] == post["title"]
+        # Each kept its session on its own replica all along (the polling one over many
+        # requests): no reconnection, so one hello each.
+        assert [len(c.replicas) for c in clients] == [1, 1]
+    finally:
+        close_all(clients)
+
+
+def test_a_users_event_reaches_their_sockets_on_two_replicas_and_no_one_else(stack_url):
+    token, headers = login(stack_url)
+    other_token, other_headers = login(stack_url)
+    mine = on_distinct_replicas(
+        lambda i: Listener(stack_url, token, ["websocket", "polling"][i]), 2
+    )
+    others = [Listener(stack_url, other_token, "websocket")]
+    try:
+        r = requests.post(
+            f"{stack_url}/api/uploads",
+            files={"file": ("note.txt", b"for my eyes")},
+            headers=headers,
+            timeout=10,
+        )
+        assert r.status_code == 201, r.text
+        upload = r.json()
+        for c in mine:
+            assert c.next("upload.stored", {"upload": {"id": upload["id"]}})["upload"] == upload
+        # A broadcast after it: every replica delivers in the channel's order, so once the
+        # other user has this, the upload event is never coming to them.
+        marker = post_through_another_replica(stack_url, other_headers, set())
+        others[0].next("post.created", {"post": {"id": marker["id"]}})
+        assert not [e for e, _ in others[0].seen if e == "upload.stored"], others[0].seen
+    finally:
+        close_all(mine + others)
+
+
+def forged(claims: dict, key: str) -> str:
+    now = int(time.time())
+    base = {"type": "access", "iat": now, "nbf": now, "jti": secrets.token_hex(8)}
+    return jwt.encode({**base, **claims}, key, algorithm="HS256")
+
+
+def test_connections_without_a_valid_token_are_refused(stack_url):
+    token, _ = login(stack_url)
+    secret = stack("get", "JWT_SECRET_KEY").stdout.strip()
+    assert secret, "the test stack's env file has no JWT_SECRET_KEY"
+    sub = jwt.decode(token, options={"verify_signature": False})["sub"]
+    bad = {
+        "missing": None,
+        "garbage": "not-a-jwt",
+        "forged": forged({"sub": sub, "exp": int(time.time()) + 600}, "x" * 48),
+        "expired": forged({"sub": sub, "exp": int(time.time()) - 60}, secret),
+        "unknown user": forged({"sub": "999999999", "exp": int(time.time()) + 600}, secret),
+        "refresh token": forged(
+            {"sub": sub, "type": "refresh", "exp": int(time.time()) + 600}, secret
+        ),
+    }
+    for name, value in bad.items():
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            Listener(stack_url, value)
+            pytest.fail(f"a connection with a {name} token was accepted")
+    Listener(stack_url, token).close()  # and the real one is not
+
+
+def test_foreign_origins_get_a_json_400(stack_url):
+    r = requests.get(
+        f"{stack_url}/socket.io/?EIO=4&transport=polling",
+        headers={"Origin": "https://evil.example"},
+        timeout=10,
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "bad_request"
+    assert "evil.example" in r.json()["error"]["message"]
+    assert r.json()["request_id"] == r.headers["X-Request-ID"]
+    same = requests.get(
+        f"{stack_url}/socket.io/?EIO=4&transport=polling",
+        headers={"Origin": stack_url},
+        timeout=10,
+    )
+    assert same.status_code == 200
+
+
+def test_an_unknown_session_gets_a_json_400(stack_url):
+    r = requests.get(f"{stack_url}/socket.io/?EIO=4&transport=polling&sid=nope", timeout=10)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "bad_request"
+
+
+@pytest.mark.parametrize("frame", ["garbage", "oversized"])
+def test_a_bad_frame_closes_that_connection_only(stack_url, frame):
+    token, headers = login(stack_url)
+    bystander = Listener(stack_url, token, "websocket")
+    url = stack_url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+
+    async def misbehave() -> tuple[int | None, bool]:
+        ws = await websocket_connect(url)
+        assert (await ws.read_message()).startswith("0{")  # engine.io's open packet
+        ws.write_message(f'40{{"token":"{token}"}}')
+        # 42 is a socket.io event; after it, text that no decoder accepts, or 100 KiB.
+        payload = "42[unclosed" if frame == "garbage" else "42" + "x" * 100_000
+        ws.write_message(payload)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            message = await asyncio.wait_for(ws.read_message(), deadline - time.monotonic())
+            if message is None:
+                return ws.close_code, True
+        return None, False
+
+    try:
+        code, closed = asyncio.run(misbehave())
+        assert closed, f"the {frame} frame did not close its connection"
+        if frame == "oversized":
+            assert code == 1009  # message too big
+        post = post_through_another_replica(stack_url, headers, set())
+        bystander.next("post.created", {"post": {"id": post["id"]}})
+        assert bystander.client.connected
+    finally:
+        bystander.close()
