@@ -19,15 +19,16 @@ from loadtest.targets import probe
 def run_comparison(cfg: Config, driver: Driver, targets: list[Target], results: Results) -> None:
     """Measure every scenario, round by round, on every target that answered."""
     live = [t for t in targets if not t.skipped]
-    total = len(cfg.scenarios) * len(live) * cfg.rounds
+    scenarios = [s for s in cfg.scenarios if s in SCENARIOS]
+    total = len(scenarios) * len(live) * cfg.rounds
     per_run = cfg.warmup + cfg.duration + 1.5
     driver.log(
         f"{total} runs of about {per_run:.0f} s "
-        f"({len(cfg.scenarios)} scenarios x {len(live)} targets x {cfg.rounds} rounds): "
+        f"({len(scenarios)} scenarios x {len(live)} targets x {cfg.rounds} rounds): "
         f"about {total * per_run / 60:.1f} min"
     )
     with Accounts(cfg, results.notes, driver.log) as accounts:
-        for scenario in cfg.scenarios:
+        for scenario in scenarios:
             env = {t.name: accounts.env(t) if scenario == "api" else {} for t in live}
             if not _rounds(cfg, driver, scenario, live, env, results, total):
                 return

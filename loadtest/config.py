@@ -24,6 +24,8 @@ SCENARIOS = {
     "io": "IoUser",
     "api": "ApiUser",
 }
+# Scenarios that are not one Locust user class, each run by its own module after the rest.
+REALTIME = "realtime"  # loadtest/realtime.py: connected clients and fan-out, the stack only
 
 
 @dataclass
@@ -142,11 +144,12 @@ def parse_config(argv: list[str], description: str | None = None) -> Config:
     )
     a = p.parse_args(argv)
     # Step mode takes about 100 s per scenario and target: two telling scenarios by default.
-    default = "json,io" if a.shape == "step" else ",".join(SCENARIOS)
+    default = "json,io" if a.shape == "step" else ",".join([*SCENARIOS, REALTIME])
     scenarios = [s.strip() for s in (a.scenarios or default).split(",") if s.strip()]
-    unknown = [s for s in scenarios if s not in SCENARIOS]
+    known = [*SCENARIOS, REALTIME]
+    unknown = [s for s in scenarios if s not in known]
     if unknown:
-        p.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+        p.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     if a.processes != "auto" and not a.processes.isdigit():
         p.error("PROCESSES must be auto or a number")
     stack = a.stack_url.rstrip("/")

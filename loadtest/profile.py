@@ -120,7 +120,7 @@ def run_profiles(cfg: Config, driver: Driver, targets: list[Target], results: Re
         return
     live = [t for t in targets if not t.skipped and t.name in SERVICE]
     with Accounts(cfg, results.notes, driver.log) as accounts:
-        for scenario in cfg.scenarios:
+        for scenario in [s for s in cfg.scenarios if s in SCENARIOS]:
             for t in live:
                 pid, container = container_pid(cfg.compose_project, SERVICE[t.name])
                 if not pid:

@@ -177,6 +177,7 @@ class Results:
     runs: list[Run] = field(default_factory=list)
     steps: list[StepRun | SkippedStep] = field(default_factory=list)
     profiles: list[ProfileRun] = field(default_factory=list)
+    realtime: dict[str, Any] | None = None  # loadtest/realtime.py's figures
     notes: list[str] = field(default_factory=list)
     finished: str = ""
     elapsed_s: float = 0.0
@@ -193,6 +194,7 @@ class Results:
             "runs": [r.to_json() for r in self.runs],
             "steps": [s.to_json() for s in self.steps],
             "profiles": [p.to_json() for p in self.profiles],
+            "realtime": self.realtime,
             "notes": self.notes,
             "finished": self.finished,
             "elapsed_s": self.elapsed_s,

@@ -21,10 +21,11 @@ from pathlib import Path
 from loadtest import report
 from loadtest.ceiling import measure_ceiling
 from loadtest.comparison import run_comparison
-from loadtest.config import parse_config
+from loadtest.config import REALTIME, parse_config
 from loadtest.driver import Driver, watched_containers
 from loadtest.machine import busy_note, machine_info
 from loadtest.profile import run_profiles
+from loadtest.realtime import run_realtime
 from loadtest.results import Results
 from loadtest.steps import run_steps
 from loadtest.targets import probe_all, targets_for
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             run_steps(cfg, driver, targets, results)
         else:
             run_comparison(cfg, driver, targets, results)
+            if REALTIME in cfg.scenarios:
+                run_realtime(cfg, driver, targets, results)
             if cfg.profile:
                 run_profiles(cfg, driver, targets, results)
     except KeyboardInterrupt:

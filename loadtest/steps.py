@@ -77,7 +77,7 @@ def run_steps(cfg: Config, driver: Driver, targets: list[Target], results: Resul
         f"({n_steps} steps of {cfg.step_users} users, {cfg.step_time:g} s each)"
     )
     with Accounts(cfg, results.notes, driver.log) as accounts:
-        for scenario in cfg.scenarios:
+        for scenario in [s for s in cfg.scenarios if s in SCENARIOS]:
             for t in targets:
                 if t.skipped:
                     results.steps.append(

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from loadtest.config import Config
 from loadtest.report.budgets import budgets_table
-from loadtest.report.format import num
+from loadtest.report.format import DASH, fmt_ms, num
 from loadtest.report.summary import BASELINE, Doc, Summary
 from loadtest.report.tables import (
     RESULTS_HEADER,
@@ -53,6 +54,14 @@ class TargetLine:
 
 
 @dataclass(frozen=True)
+class Realtime:
+    figures: dict[str, Any]  # loadtest/realtime.py's summary, as results.json holds it
+    delivery: Table  # per client kind: delivered ÷ expected, fan-out p50 and p99
+    memory: Table  # per replica: connections held, memory before and after, per connection
+    json_change: str  # json requests/s with the clients idle, against without them
+
+
+@dataclass(frozen=True)
 class Report:
     """A section is None when there is nothing for it; a table without rows says so."""
 
@@ -70,6 +79,7 @@ class Report:
     generator: Table | None
     containers: Containers
     profiles: list[Profile]
+    realtime: Realtime | None
     targets: list[TargetLine]
     machine: dict[str, str]
     notes: list[str]
@@ -98,6 +108,7 @@ def build(out_dir: Path, results: Doc, summary: Summary) -> Report:
         generator=generator_table(summary) if summary else None,
         containers=_containers(results),
         profiles=[_profile(out_dir, p) for p in results.get("profiles", [])],
+        realtime=_realtime(results.get("realtime")),
         targets=[
             TargetLine(
                 t["name"],
@@ -144,3 +155,42 @@ def _profile(out_dir: Path, p: Doc) -> Profile:
     text = (out_dir / p["summary"]).read_text().splitlines()
     own = text[text.index("self:") + 1 : text.index("self:") + 11] if "self:" in text else []
     return Profile(head, "", text[0] if text else "", own)
+
+
+def _realtime(r: dict[str, Any] | None) -> Realtime | None:
+    if not r:
+        return None
+    rows = []
+    for kind, k in r["by_kind"].items():
+        share = k["delivered"] / max(1, k["expected"])
+        rows.append(
+            [
+                kind,
+                f"{k['delivered']:,} ÷ {k['expected']:,} ({share:.2%})",
+                fmt_ms(k["p50_ms"]),
+                fmt_ms(k["p99_ms"]),
+            ]
+        )
+    rows.append(["Flask's built-in server", "no websocket: not measured", DASH, DASH])
+    delivery = Table(["clients", "delivered ÷ expected", "fan-out p50 ms", "fan-out p99 ms"], rows)
+    memory = Table(
+        ["replica", "connections", "memory before MiB", "with clients MiB", "KiB per connection"],
+        [
+            [
+                host,
+                str(m["connections"]),
+                f"{m['before_mib']:g}",
+                f"{m['after_mib']:g}",
+                fmt_ms(m["kib_per_connection"]),
+            ]
+            for host, m in sorted(r["memory"].items())
+        ],
+    )
+    before, after = r.get("json_rps_without"), r.get("json_rps_with")
+    change = (
+        f"{after:,.0f} requests/s with the clients connected and idle, {before:,.0f} without "
+        f"(the mean of a run before and a run after): {after / before - 1:+.1%}"
+        if before and after
+        else "not measured"
+    )
+    return Realtime(r, delivery, memory, change)

@@ -18,6 +18,7 @@ from app.cli import seed_fortunes, seed_world
 from app.config import database_uri
 from app.extensions import db
 from tests.conftest import dispose, make_app
+from tests.hostproc import host_factory  # noqa: F401 (a fixture for the tests here)
 
 API_TABLES = ("idempotency_keys", "uploads", "posts", "users")
 

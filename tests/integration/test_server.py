@@ -12,69 +12,14 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 from tornado.websocket import websocket_connect
 
-from tests.support import ROOT, free_port
-
-SERVER = ROOT / "deploy" / "tornado" / "server.py"
-
-
-class Host:
-    """One server.py process and its output."""
-
-    def __init__(self, tmp_path: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = (tmp_path / f"host-{self.port}.log").open("w+")
-        full_env = {
-            "PATH": os.environ["PATH"],
-            "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'integration'}",
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "LOG_FORMAT": "json",
-            **env,
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, str(SERVER)], env=full_env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"host exited early:\n{self.output()}"
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        raise AssertionError(f"host did not become healthy:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
-@pytest.fixture
-def host_factory(tmp_path):
-    hosts: list[Host] = []
-
-    def start(**env: str) -> Host:
-        hosts.append(Host(tmp_path, **env))
-        return hosts[-1]
-
-    yield start
-    for h in hosts:
-        h.stop()
-
+from tests.hostproc import Host
+from tests.sioclient import Listener, close_all
+from tests.support import ROOT
 
 OPEN_SOCKETS: list = []
 
@@ -261,6 +206,50 @@ def test_websocket_gets_events_from_another_process(host_factory, app_env, tmp_p
 
     event = asyncio.run(closing(scenario()))
     assert title in json.dumps(event)
+
+
+def test_socketio_room_events_cross_processes_over_notify(host_factory, app_env, tmp_path):
+    """A user's event committed in one process reaches their socket.io client on another."""
+    upload_dir = str(tmp_path / "uploads")
+    listener = host_factory(**app_env, UPLOAD_DIR=upload_dir)
+    writer = host_factory(**app_env, UPLOAD_DIR=upload_dir)
+    headers = register_and_login(writer.url)
+    client = Listener(listener.url, headers["Authorization"].removeprefix("Bearer "), "polling")
+    try:
+        r = requests.post(
+            f"{writer.url}/api/uploads",
+            files={"file": ("n.txt", b"x")},
+            headers=headers,
+            timeout=10,
+        )
+        assert r.status_code == 201, r.text
+        assert client.next("upload.stored")["upload"]["id"] == r.json()["id"]
+    finally:
+        close_all([client])
+
+
+def test_a_socketio_servers_notify_reaches_another_process(app_env):
+    """What one replica's socket.io manager publishes (Notifier) another's listener hears."""
+    sys.path.insert(0, str(ROOT / "deploy" / "tornado"))
+    from host.realtime import PostgresListener
+    from host.sio import Notifier
+
+    dsn = app_env["DATABASE_URL"].replace("postgresql+psycopg2", "postgresql")
+    message = json.dumps({"method": "emit", "event": "x", "data": [secrets.token_hex(4)]})
+
+    async def scenario() -> str:
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        listener = PostgresListener(dsn, "app_events", heard.put_nowait)
+        task = asyncio.create_task(listener.run())
+        try:
+            await asyncio.wait_for(listener.connected.wait(), 10)
+            await Notifier(dsn, "app_events")(message)
+            return await asyncio.wait_for(heard.get(), 10)
+        finally:
+            listener.close()
+            task.cancel()
+
+    assert asyncio.run(scenario()) == message
 
 
 def test_listener_reconnects_after_losing_its_connection(host_factory, app_env, tmp_path):

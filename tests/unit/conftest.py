@@ -11,6 +11,7 @@ from flask_migrate import upgrade
 from app.cli import seed_fortunes, seed_world
 from app.extensions import db
 from tests.conftest import dispose, make_app
+from tests.hostproc import host_factory  # noqa: F401 (a fixture for the tests here)
 
 
 @pytest.fixture(scope="session")
