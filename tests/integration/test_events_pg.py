@@ -50,10 +50,18 @@ def test_post_created_is_notified_at_commit(
 
 def test_rolled_back_events_are_not_notified(app: Flask, listener) -> None:
     with app.app_context():
+        db.session.connection()  # inside a transaction: the event waits for its outcome
         events.publish({"type": "test"})
         db.session.rollback()
     assert notifications(listener, wait=0.5) == []
     with app.app_context():
+        db.session.connection()
         events.publish({"type": "test"})
         db.session.commit()
     assert notifications(listener) == [{"type": "test"}]
+
+
+def test_an_event_outside_a_transaction_is_notified_at_once(app: Flask, listener) -> None:
+    with app.app_context():
+        events.publish({"type": "test", "n": 1}, to=events.user_room(3))
+        assert notifications(listener) == [{"type": "test", "n": 1, "to": "user:3"}]

@@ -103,7 +103,8 @@ def test_sizing_rule_holds_for_the_defaults() -> None:
         "a thread would wait for a connection"
     )
     devserver = 1
-    listeners = LARGEST_SCALE  # one LISTEN connection per replica
+    # One LISTEN connection per replica, and one for NOTIFY once its socket.io server publishes.
+    listeners = 2 * LARGEST_SCALE
     needed = (LARGEST_SCALE + devserver) * per_process + listeners + RESERVED_CONNECTIONS
     assert needed <= int(ENV["POSTGRES_MAX_CONNECTIONS"])
 
@@ -112,6 +113,18 @@ def test_nginx_request_id_rule_is_the_contract() -> None:
     match = re.search(r'map \$http_x_request_id \$req_id \{\s*"~\^(.+?)\$"', NGINX_CONF)
     assert match, "nginx.conf no longer maps $http_x_request_id"
     assert match.group(1) == contract.REQUEST_ID_PATTERN.pattern
+
+
+def test_nginx_routes_socketio_sessions_by_the_hosts_replica_names() -> None:
+    from host.sio import ROUTABLE_NAME
+
+    match = re.search(
+        r'map \$arg_sid \$io_upstream \{\s*"~\^\(\?<io_replica>(.+?)\)\\\." "\$io_replica:(\d+)"',
+        NGINX_CONF,
+    )
+    assert match, "nginx.conf no longer maps $arg_sid to $io_upstream"
+    assert match.group(1) == ROUTABLE_NAME.pattern
+    assert int(match.group(2)) == Settings.from_env({}).port
 
 
 def test_nginx_error_codes_are_the_contract() -> None:
