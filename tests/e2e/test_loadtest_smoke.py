@@ -93,3 +93,13 @@ def test_report_table_complete(smoke_run):
     tail = stdout.strip().splitlines()[-(2 + 2 * len(SCENARIOS)) :]
     assert tail[0].split()[:3] == ["scenario", "target", "requests/s"]
     assert len(tail) == 2 + 2 * len(SCENARIOS)
+
+
+def test_realtime_scenario_delivered_every_event(smoke_run):
+    out_dir, results, _ = smoke_run
+    rt = results["realtime"]
+    assert rt["connected"] == rt["clients"] > 0, rt
+    assert rt["posts"] > 0 and not rt["post_failures"], rt
+    assert rt["delivered"] == rt["expected"] == rt["clients"] * rt["posts"], rt
+    assert set(rt["per_replica"]) == set(rt["memory"]), rt  # every replica's memory was read
+    assert "## Realtime" in (out_dir / "report.md").read_text()

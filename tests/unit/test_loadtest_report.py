@@ -343,3 +343,49 @@ def test_step_load_report_shows_each_containers_peak(tmp_path: Path):
     assert (
         "| all | an app replica under 200 MB at the default load | 94 MB at most, under step load"
     ) in text
+
+
+def test_realtime_figures_and_their_report_section(tmp_path: Path):
+    from collections import Counter
+
+    from loadtest.realtime import summarize
+
+    created = {1: 100.0, 2: 101.0}
+    receipts = [
+        ("ws", "r1", 1, 100.010),
+        ("ws", "r1", 2, 101.020),
+        ("socket.io", "r2", 1, 100.030),
+        ("socket.io", "r2", 2, 101.040),
+        ("ws", "r1", 99, 101.0),  # not one of the run's posts: ignored
+    ]
+    memory = {
+        "r1": {
+            "connections": 1,
+            "before_mib": 80.0,
+            "after_mib": 81.0,
+            "kib_per_connection": 1024.0,
+        }
+    }
+    figures = summarize(
+        2,
+        Counter({"r1": 1, "r2": 1}),
+        [],
+        ["ws", "sio"],
+        created,
+        [],
+        2.0,
+        receipts,
+        memory,
+        {"without": [100.0, 120.0], "with": [99.0]},
+    )
+    assert (figures["expected"], figures["delivered"]) == (4, 4)
+    assert figures["by_kind"]["ws"]["p99_ms"] == 20.0
+    assert figures["p50_ms"] == 20.0 and figures["p99_ms"] == 40.0
+    assert figures["json_rps_without"] == 110.0
+    results = results_with([run("json", "stack", 1, 100.0), run("json", "builtin", 1, 50.0)])
+    results["realtime"] = figures
+    text = "\n".join(report_lines(tmp_path, results))
+    assert "## Realtime" in text
+    assert "| ws | 2 ÷ 2 (100.00%) | 10 | 20 |" in text
+    assert "no websocket" in text
+    assert "-10.0%" in text
