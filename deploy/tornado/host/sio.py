@@ -251,6 +251,11 @@ def build(
                 room = await loop.run_in_executor(None, authenticate, wsgi_app, auth)
             except PermissionError as exc:
                 raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+            except Exception:  # the database is down, say: refuse now rather than hang
+                log.exception("socket.io login could not be checked")
+                raise socketio.exceptions.ConnectionRefusedError(
+                    "login cannot be checked right now; retry"
+                ) from None
             await sio.enter_room(sid, room)
         # Which replica holds the session, as /ws says in its hello; to this socket alone.
         hello = {"type": "hello", "replica": REPLICA}
