@@ -269,6 +269,12 @@ def build(
         def set_default_headers(self) -> None:
             self.set_header("X-Served-By", REPLICA)
 
+        def get_compression_options(self) -> None:
+            # engine.io's handler turns permessage-deflate on: a zlib stream per connection,
+            # run for every event to every client, to save a few bytes on messages of a few
+            # hundred. Off, as on /ws.
+            return None
+
         def prepare(self) -> None:
             rid = sane_request_id(self.request.headers.get("X-Request-ID")) or new_request_id()
             current_request_id.set(rid)  # engine.io's error bodies (Engine) carry it
