@@ -199,7 +199,7 @@ BASELINE_URL ?= http://127.0.0.1:$(shell $(STACK) get DEVSERVER_PORT 5000)
 # The devserver baseline is started when it is not running, and stopped again afterwards
 # unless BASELINE=1.
 .PHONY: loadtest
-loadtest: venv ## Compare the stack with the built-in server (after `make up`); writes loadtest/results/<time>/
+loadtest: venv ## Compare the stack with the built-in server (LOCUSTFILE=...: your scenarios); writes loadtest/results/<time>/
 	@if [[ "$${REFERENCE:-0}" == 1 ]]; then \
 	  echo "starting the reference targets (docker-compose.reference.yml)"; \
 	  REFERENCE=1 $(COMPOSE) up -d --scale app=$(APP_REPLICAS) --scale ref-nothread=$(APP_REPLICAS) \

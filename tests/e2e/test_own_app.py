@@ -9,12 +9,14 @@ containers by an override file (COMPOSE_EXTRA_FILES) instead of copied into the 
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 
 import pytest
 import requests
 
-from tests.support import ROOT, free_port, stack
+from tests.support import ROOT, free_port, run, stack
 
 EXAMPLE = ROOT / "examples" / "hello"
 CSS = (EXAMPLE / "static" / "hello.css").read_bytes()
@@ -99,3 +101,53 @@ def test_without_a_shared_folder_the_app_serves_its_static_files(hello_stack):
         assert r.headers["Cache-Control"] == "no-cache"  # the app's own header
     finally:
         stack("compose", "run", "--rm", "--no-deps", "static", env=env)
+
+
+def test_the_baseline_serves_the_same_app(hello_stack):
+    """The devserver serves APP_MODULE too, so the load test compares the same app."""
+    r = requests.get(f"{hello_stack['baseline']}/any/path", timeout=5)
+    assert r.headers["Server"].startswith("Werkzeug/")
+    assert r.json()["hello"] == "from a minimal WSGI app"
+
+
+@pytest.fixture(scope="module")
+def own_loadtest(hello_stack, tmp_path_factory):
+    """`make loadtest LOCUSTFILE=examples/hello/locustfile.py` in its smoke form, once."""
+    results_dir = tmp_path_factory.mktemp("own-loadtest")
+    env = {
+        **hello_stack["env"],
+        "SMOKE": "1",
+        # One Locust process: the ceiling is measured once, which keeps the smoke short.
+        "PROCESSES": "1",
+        "LOCUSTFILE": "examples/hello/locustfile.py",
+        "STACK_URL": hello_stack["url"],
+        "BASELINE_URL": hello_stack["baseline"],
+        "RESULTS_DIR": str(results_dir),
+    }
+    for name in ("SCENARIOS", "USERS", "DURATION", "ROUNDS", "WARMUP", "REFERENCE", "SHAPE"):
+        env.pop(name, None)
+    proc = run(sys.executable, "-m", "loadtest.run", env=env, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (out_dir,) = [p for p in results_dir.iterdir() if p.is_dir()]
+    return out_dir, json.loads((out_dir / "results.json").read_text()), proc.stdout
+
+
+def test_own_locustfile_runs_each_user_class_against_both_targets(own_loadtest):
+    _, results, stdout = own_loadtest
+    scenarios = ["HelloUser", "StaticUser"]
+    assert results["config"]["scenarios"] == scenarios
+    ran = {(r["scenario"], r["target"]) for r in results["runs"]}
+    assert ran == {(s, t) for s in scenarios for t in ("stack", "builtin")}
+    for r in results["runs"]:
+        assert not r.get("error"), r
+        assert r["requests"] > 0 and r["failures_total"] == 0, r
+    assert results["ceiling"]["rps"]["1"] > 0
+    assert f"scenarios from {EXAMPLE / 'locustfile.py'}: HelloUser, StaticUser" in stdout
+
+
+def test_own_locustfile_report_says_which_file_ran(own_loadtest):
+    out_dir, _, _ = own_loadtest
+    report = (out_dir / "report.md").read_text()
+    assert f"your locustfile `{EXAMPLE / 'locustfile.py'}`" in report
+    for scenario in ("HelloUser", "StaticUser"):
+        assert f"| {scenario} | stack |" in report and f"| {scenario} | builtin |" in report
