@@ -109,11 +109,23 @@ images: ## Build every image the compose file names (stand-ins where no registry
 
 ##@ Development
 
+# The reloader restarts the server when a source file changes; the debugger (which runs code
+# typed into a browser page) stays off unless DEBUGGER=1, and listens on 127.0.0.1 only.
 .PHONY: dev
-dev: venv ## Run the app alone on Flask's built-in server with SQLite (no Docker)
+dev: venv ## Run the app alone on Flask's built-in server with SQLite, restarting on code changes (no Docker; DEBUGGER=1)
 	APP_ENV=development $(VENV)/bin/flask --app app setup-db
-	@echo "serving on http://127.0.0.1:$(DEV_PORT)/ (Ctrl-C to stop)"
-	APP_ENV=development LOG_FORMAT=text $(VENV)/bin/flask --app app run --port $(DEV_PORT)
+	@echo "serving on http://127.0.0.1:$(DEV_PORT)/, restarting on code changes (Ctrl-C to stop)"
+	APP_ENV=development LOG_FORMAT=text $(VENV)/bin/flask --app app run --port $(DEV_PORT) \
+	  --reload $(if $(filter 1,$(DEBUGGER)),--debugger,--no-debugger)
+
+# One replica: every replica restarts on the same change, and nginx benches a replica that
+# refused a connection for 10 s, so with several a change could leave none to answer.
+DEV_REPLICAS ?= 1
+
+.PHONY: dev-stack
+dev-stack: images env ## The whole stack on your checkout; a replica's host restarts when a .py file changes
+	DEV=1 APP_ENV=development $(STACK) up $(DEV_REPLICAS)
+	$(STACK) urls
 
 .PHONY: venv
 venv: $(VENV)/.installed ## Create the host virtualenv from requirements/dev.lock

@@ -11,6 +11,7 @@ compose_files() {  # the base file plus the overrides the env (file) asks for
     [[ -z $(env_value DATABASE_URL) ]] && files+=(-f docker-compose.postgres.yml)
     [[ $(env_value TLS_ENABLED 0) == 1 ]] && files+=(-f docker-compose.tls.yml)
     [[ $(env_value REFERENCE 0) == 1 ]] && files+=(-f docker-compose.reference.yml)
+    [[ $(env_value DEV 0) == 1 ]] && files+=(-f docker-compose.dev.yml)
     # Your own overrides: compose's conventional file, then COMPOSE_EXTRA_FILES (space-separated).
     [[ -f docker-compose.override.yml ]] && files+=(-f docker-compose.override.yml)
     local extra
@@ -161,16 +162,42 @@ baseline() {  # baseline up|down|running: the built-in-server baseline beside a 
     esac
 }
 
+compose_wait_flags() {  # `up --wait` where compose has it (v2), with a timeout where it has one
+    local help
+    compose_v2 || return 0
+    help=$(docker compose up --help 2>/dev/null)
+    grep -q -- '--wait ' <<< "$help" || return 0
+    if grep -q -- '--wait-timeout' <<< "$help"; then
+        echo "--wait --wait-timeout $1"
+    else
+        echo "--wait"
+    fi
+}
+
 up_stack() {  # up REPLICAS: start (or update) the stack and return once every service is healthy
-    local replicas=${1:-3}
+    local replicas=${1:-3} wait_flags
+    if [[ $(env_value DEV 0) == 1 && $(env_value APP_ENV production) == production ]]; then
+        echo "refused: the development override (docker-compose.dev.yml) mounts the source and" \
+            "restarts on changes; APP_ENV is production. Use make dev-stack, or set" \
+            "APP_ENV=development." >&2
+        return 2
+    fi
     if baseline_on; then
         echo "with the built-in-server baseline (devserver), for comparing by hand"
     elif devserver_running; then
         echo "stopping the built-in-server baseline (devserver): BASELINE=1 keeps it"
         baseline down
     fi
-    compose up -d --remove-orphans --scale "app=$replicas" || { diagnose; return 1; }
-    wait_healthy 300
+    # Compose v2 waits itself (healthy, or exited 0 for the one-shots other services wait for);
+    # 1.29 has no --wait, so the loop above does it.
+    wait_flags=$(compose_wait_flags 300)
+    # shellcheck disable=SC2086  # the flags are words
+    compose up -d --remove-orphans --scale "app=$replicas" $wait_flags || { diagnose; return 1; }
+    if [[ -z $wait_flags ]]; then
+        wait_healthy 300
+    else
+        echo "all services healthy (docker compose up --wait)"
+    fi
 }
 
 urls() {
