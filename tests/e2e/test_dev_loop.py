@@ -26,6 +26,7 @@ SOURCE = ("app", "deploy/tornado", "deploy/scripts/devreload.py", "migrations", 
 @pytest.fixture(scope="module")
 def checkout():
     """A copy of the source that the containers' uid (10001) can read."""
+    (ROOT / "build").mkdir(exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="dev-src-", dir=ROOT / "build"))
     try:
         for part in SOURCE:
