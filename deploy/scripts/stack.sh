@@ -245,6 +245,9 @@ rollout() {  # replace app replicas one at a time: start the new one, wait healt
         docker rm "$id" >/dev/null
         echo "  replaced $(echo "$id" | cut -c1-12) with $(echo "$new_ids" | cut -c1-12)"
     done
+    # Every replica runs the new image now: share its static files (APP_STATIC_DIR) with nginx.
+    compose run --rm --no-deps static >/dev/null
+    echo "  shared the new image's static files with nginx"
 }
 
 cmd=${1:?usage: stack.sh compose|env|get|up|wait|baseline|diagnose|urls|rollout ...}
