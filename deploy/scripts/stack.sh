@@ -246,7 +246,8 @@ rollout() {  # replace app replicas one at a time: start the new one, wait healt
         echo "  replaced $(echo "$id" | cut -c1-12) with $(echo "$new_ids" | cut -c1-12)"
     done
     # Every replica runs the new image now: share its static files (APP_STATIC_DIR) with nginx.
-    compose run --rm --no-deps static >/dev/null
+    local out
+    out=$(compose run --rm --no-deps static 2>&1) || { echo "$out" >&2; return 1; }
     echo "  shared the new image's static files with nginx"
 }
 
