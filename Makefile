@@ -7,7 +7,7 @@ SHELL := bash
 PROJECT ?= flaskstack
 ENV_FILE ?= .env
 PYTHON ?= python3
-# `make dev` port; 5001 so it runs beside the stack's devserver on 5000.
+# `make dev` port; 5001 so it runs beside the stack's devserver baseline on 5000.
 DEV_PORT ?= 5001
 VENV ?= .venv
 # Images built from this repository.
@@ -40,21 +40,22 @@ help: ## Show this help
 
 ##@ Stack
 
+# BASELINE=1 (command line, shell or .env) also runs the devserver, the built-in-server
+# baseline; without it `make up` stops one that runs. `make loadtest` starts it when missing.
 .PHONY: up
-up: images env ## Build what is missing, start the stack, wait until healthy, print the URLs
+up: images env ## Build what is missing, start the stack, wait until healthy, print the URLs (BASELINE=1: with the devserver)
 	@if [[ $$($(STACK) get TLS_ENABLED 0) == 1 ]]; then deploy/scripts/certs.sh certs; fi
-	$(COMPOSE) up -d --remove-orphans --scale app=$(APP_REPLICAS) || { $(STACK) diagnose; exit 1; }
-	$(STACK) wait 300
+	$(STACK) up $(APP_REPLICAS)
 	$(STACK) urls
 
 .PHONY: down
 down: ## Stop the stack (data volumes are kept)
-	$(COMPOSE) down --remove-orphans
+	BASELINE=1 $(COMPOSE) down --remove-orphans
 
 .PHONY: clean
 clean: ## Stop the stack and remove its volumes, the test stack and build artefacts
-	$(COMPOSE) down --remove-orphans --volumes
-	PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(COMPOSE) down --remove-orphans --volumes 2>/dev/null || true
+	BASELINE=1 $(COMPOSE) down --remove-orphans --volumes
+	BASELINE=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(COMPOSE) down --remove-orphans --volumes 2>/dev/null || true
 	rm -rf build
 
 .PHONY: ps
@@ -108,11 +109,23 @@ images: ## Build every image the compose file names (stand-ins where no registry
 
 ##@ Development
 
+# The reloader restarts the server when a source file changes; the debugger (which runs code
+# typed into a browser page) stays off unless DEBUGGER=1, and listens on 127.0.0.1 only.
 .PHONY: dev
-dev: venv ## Run the app alone on Flask's built-in server with SQLite (no Docker)
+dev: venv ## Run the app alone on Flask's built-in server with SQLite, restarting on code changes (no Docker; DEBUGGER=1)
 	APP_ENV=development $(VENV)/bin/flask --app app setup-db
-	@echo "serving on http://127.0.0.1:$(DEV_PORT)/ (Ctrl-C to stop)"
-	APP_ENV=development LOG_FORMAT=text $(VENV)/bin/flask --app app run --port $(DEV_PORT)
+	@echo "serving on http://127.0.0.1:$(DEV_PORT)/, restarting on code changes (Ctrl-C to stop)"
+	APP_ENV=development LOG_FORMAT=text $(VENV)/bin/flask --app app run --port $(DEV_PORT) \
+	  --reload $(if $(filter 1,$(DEBUGGER)),--debugger,--no-debugger)
+
+# One replica: every replica restarts on the same change, and nginx benches a replica that
+# refused a connection for 10 s, so with several a change could leave none to answer.
+DEV_REPLICAS ?= 1
+
+.PHONY: dev-stack
+dev-stack: images env ## The whole stack on your checkout; a replica's host restarts when a .py file changes
+	DEV=1 APP_ENV=development $(STACK) up $(DEV_REPLICAS)
+	$(STACK) urls
 
 .PHONY: venv
 venv: $(VENV)/.installed ## Create the host virtualenv from requirements/dev.lock
@@ -180,14 +193,14 @@ $(TEST_ENV_FILE): .env.example
 	sed -i -e 's/^STACK_PORT=.*/STACK_PORT=$(TEST_STACK_PORT)/' -e 's/^DEVSERVER_PORT=.*/DEVSERVER_PORT=$(TEST_DEVSERVER_PORT)/' \
 	  -e 's/^TLS_PORT=.*/TLS_PORT=$(TEST_TLS_PORT)/' $@
 
+# With the baseline: many e2e and fault tests compare with it (BASELINE_URL).
 .PHONY: test-stack-up
 test-stack-up: $(TEST_ENV_FILE)
-	PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(COMPOSE) up -d --remove-orphans --scale app=3
-	PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(STACK) wait 300
+	BASELINE=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(STACK) up 3
 
 .PHONY: test-stack-down
 test-stack-down:
-	PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(COMPOSE) down --remove-orphans --volumes
+	BASELINE=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(COMPOSE) down --remove-orphans --volumes
 
 ##@ Load test
 
@@ -195,12 +208,22 @@ test-stack-down:
 STACK_URL ?= http://127.0.0.1:$(shell $(STACK) get STACK_PORT 8080)
 BASELINE_URL ?= http://127.0.0.1:$(shell $(STACK) get DEVSERVER_PORT 5000)
 
+# The devserver baseline is started when it is not running, and stopped again afterwards
+# unless BASELINE=1.
 .PHONY: loadtest
-loadtest: venv ## Compare the stack with the built-in server (after `make up`); writes loadtest/results/<time>/
+loadtest: venv ## Compare the stack with the built-in server (LOCUSTFILE=...: your scenarios); writes loadtest/results/<time>/
 	@if [[ "$${REFERENCE:-0}" == 1 ]]; then \
 	  echo "starting the reference targets (docker-compose.reference.yml)"; \
 	  REFERENCE=1 $(COMPOSE) up -d --scale app=$(APP_REPLICAS) --scale ref-nothread=$(APP_REPLICAS) \
 	    --scale ref-gunicorn=$(APP_REPLICAS); \
 	  REFERENCE=1 $(STACK) wait 180; \
 	fi
-	STACK_URL=$(STACK_URL) BASELINE_URL=$(BASELINE_URL) $(PY) -m loadtest.run
+	@started=0; if ! $(STACK) baseline running; then \
+	  echo "loadtest: the built-in-server baseline (devserver) is not running: starting it for the comparison"; \
+	  $(STACK) baseline up; started=1; \
+	fi; \
+	status=0; STACK_URL=$(STACK_URL) BASELINE_URL=$(BASELINE_URL) $(PY) -m loadtest.run || status=$$?; \
+	if [[ $$started == 1 && $$($(STACK) get BASELINE 0) != 1 ]]; then \
+	  echo "loadtest: stopping the devserver again (BASELINE=1 keeps it)"; $(STACK) baseline down; \
+	fi; \
+	exit $$status

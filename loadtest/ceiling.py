@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-from loadtest.config import Config
+from loadtest.config import LOCUSTFILE, Config
 from loadtest.driver import Driver
 from loadtest.results import Ceiling
 from loadtest.targets import probe
@@ -38,6 +38,7 @@ def measure_ceiling(cfg: Config, driver: Driver) -> Ceiling:
             1.0,
             cfg.ceiling_duration,
             env={"LOADTEST_CEILING_PATH": path},
+            files=[LOCUSTFILE],  # CeilingUser is the demo locustfile's, whatever the scenarios
         )
         rps[n] = m.rps
         driver.log(

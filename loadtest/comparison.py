@@ -8,18 +8,18 @@ measured again, all its rounds, with as many processes as raised the ceiling.
 from __future__ import annotations
 
 from loadtest.accounts import Accounts
-from loadtest.config import SCENARIOS, Config
+from loadtest.config import Config
 from loadtest.driver import Driver
 from loadtest.report.format import fmt_ms
 from loadtest.report.summary import GEN_LIMIT
 from loadtest.results import Results, Run, Target
-from loadtest.targets import probe
+from loadtest.targets import probe_target
 
 
 def run_comparison(cfg: Config, driver: Driver, targets: list[Target], results: Results) -> None:
     """Measure every scenario, round by round, on every target that answered."""
     live = [t for t in targets if not t.skipped]
-    scenarios = [s for s in cfg.scenarios if s in SCENARIOS]
+    scenarios = [s for s in cfg.scenarios if s in cfg.classes]
     total = len(scenarios) * len(live) * cfg.rounds
     per_run = cfg.warmup + cfg.duration + 1.5
     driver.log(
@@ -29,7 +29,7 @@ def run_comparison(cfg: Config, driver: Driver, targets: list[Target], results: 
     )
     with Accounts(cfg, results.notes, driver.log) as accounts:
         for scenario in scenarios:
-            env = {t.name: accounts.env(t) if scenario == "api" else {} for t in live}
+            env = {t.name: accounts.env(t) if cfg.needs_accounts(scenario) else {} for t in live}
             if not _rounds(cfg, driver, scenario, live, env, results, total):
                 return
 
@@ -54,7 +54,7 @@ def _rounds(
         for t in order:
             prefix = f"{scenario}-{t.name}-r{rnd}"
             m = driver.run(
-                SCENARIOS[scenario],
+                cfg.classes[scenario],
                 t.url,
                 prefix,
                 procs,
@@ -91,7 +91,8 @@ def _rounds(
             results.runs.append(run)
             # Most requests failed and the target no longer answers: it went away
             # (stopped, its port unpublished). Stop instead of timing an outage.
-            if run.failures_total > 0.5 * max(1, run.requests_total) and probe(t.url)[0]:
+            mostly_failed = run.failures_total > 0.5 * max(1, run.requests_total)
+            if mostly_failed and probe_target(cfg, t.url)[0]:
                 why = f"{t.name} ({t.url}) stopped answering during {prefix}"
                 results.notes.append(f"Stopped early: {why}.")
                 print(f"loadtest: stopping, {why}", flush=True)

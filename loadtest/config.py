@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+LOCUSTFILE = HERE / "locustfile.py"
 
 # Scenario name -> its user class in locustfile.py.
 SCENARIOS = {
@@ -59,6 +62,14 @@ class Config:
     profile: bool
     # Nothing sets it; results.json has always carried it (empty), so it stays for its readers.
     extra: dict[str, Any] = field(default_factory=dict)
+    # LOCUSTFILE: your own scenarios, one per user class in that file ("" for the demo's).
+    locustfile: str = ""
+    # Scenario name -> its user class: SCENARIOS, or the classes of LOCUSTFILE by their names.
+    classes: dict[str, str] = field(default_factory=lambda: dict(SCENARIOS))
+
+    def needs_accounts(self, scenario: str) -> bool:
+        """Whether the runner signs users in before the runs: the demo's `api` only."""
+        return scenario == "api" and not self.locustfile
 
 
 def _env(name: str, default: str) -> str:
@@ -68,6 +79,23 @@ def _env(name: str, default: str) -> str:
 
 def _flag(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def user_classes(locustfile: Path) -> list[str]:
+    """The user classes Locust finds in a locustfile (abstract ones left out), in its order."""
+    proc = subprocess.run(  # noqa: S603 - our own argv, no shell
+        [sys.executable, "-m", "locust", "-f", str(locustfile), "--list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=HERE.parent,
+        check=False,
+    )
+    lines = proc.stdout.splitlines()
+    if proc.returncode != 0 or "Available Users:" not in lines:
+        said = (proc.stderr or proc.stdout).strip().splitlines()
+        raise ValueError(said[-1] if said else f"exit {proc.returncode}")
+    return [line.strip() for line in lines[lines.index("Available Users:") + 1 :] if line.strip()]
 
 
 def parse_config(argv: list[str], description: str | None = None) -> Config:
@@ -88,6 +116,11 @@ def parse_config(argv: list[str], description: str | None = None) -> Config:
     )
     add = p.add_argument
     add("--scenarios", default=_env("SCENARIOS", ""), help="comma list (default: all)")
+    add(
+        "--locustfile",
+        default=_env("LOCUSTFILE", ""),
+        help="your own locustfile: each user class in it is a scenario, named after the class",
+    )
     add("--users", type=int, default=int(_env("USERS", d["users"])))
     add(
         "--duration",
@@ -143,10 +176,27 @@ def parse_config(argv: list[str], description: str | None = None) -> Config:
         help="per request, seconds",
     )
     a = p.parse_args(argv)
+    classes = dict(SCENARIOS)
+    locustfile = ""
+    if a.locustfile:
+        path = Path(a.locustfile).expanduser()
+        path = (path if path.is_absolute() else Path.cwd() / path).resolve()
+        if not path.is_file():
+            p.error(f"LOCUSTFILE {a.locustfile}: no such file")
+        try:
+            found = user_classes(path)
+        except (ValueError, subprocess.TimeoutExpired) as exc:
+            p.error(f"LOCUSTFILE {a.locustfile}: Locust could not load it: {exc}")
+        if not found:
+            p.error(f"LOCUSTFILE {a.locustfile} has no user class (a non-abstract User)")
+        classes = {name: name for name in found}
+        locustfile = str(path)
     # Step mode takes about 100 s per scenario and target: two telling scenarios by default.
-    default = "json,io" if a.shape == "step" else ",".join([*SCENARIOS, REALTIME])
+    # The realtime scenario belongs to the demo app (its /ws, socket.io and posts).
+    extra = [] if locustfile else [REALTIME]
+    default = "json,io" if a.shape == "step" and not locustfile else ",".join([*classes, *extra])
     scenarios = [s.strip() for s in (a.scenarios or default).split(",") if s.strip()]
-    known = [*SCENARIOS, REALTIME]
+    known = [*classes, *extra]
     unknown = [s for s in scenarios if s not in known]
     if unknown:
         p.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(known)}")
@@ -179,4 +229,6 @@ def parse_config(argv: list[str], description: str | None = None) -> Config:
         timeout=a.timeout,
         docker_stats=_flag(a.docker_stats),
         profile=a.profile,
+        locustfile=locustfile,
+        classes=classes,
     )

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.cgroups import CGROUP_ROOT, Cgroups, ContainerSampler, compose_containers
-from loadtest.config import HERE, Config
+from loadtest.config import HERE, LOCUSTFILE, Config
 from loadtest.processes import ProcessTreeSampler
 from loadtest.results import Docker, Measurement
 from loadtest.stats import Tally, merge_seconds, merge_times, percentile
 
-LOCUSTFILE = HERE / "locustfile.py"
 STEPFILE = HERE / "stepload.py"
+# Loaded beside your own locustfile (LOCUSTFILE): it counts the measurement window, as the
+# demo's locustfile does itself.
+MEASUREFILE = HERE / "measure.py"
 
 
 def watched_containers(cfg: Config) -> Docker:
@@ -53,6 +55,12 @@ class Driver:
         self.containers = containers
         self.started = time.monotonic()
 
+    def scenario_files(self) -> list[Path]:
+        """The locustfiles a scenario's run loads: the demo's, or yours with the window."""
+        if self.cfg.locustfile:
+            return [Path(self.cfg.locustfile), MEASUREFILE]
+        return [LOCUSTFILE]
+
     def elapsed(self) -> str:
         s = int(time.monotonic() - self.started)
         return f"{s // 60}:{s % 60:02d}"
@@ -71,11 +79,15 @@ class Driver:
         warmup: float,
         duration: float,
         env: dict[str, str] | None = None,
+        files: list[Path] | None = None,
     ) -> Measurement:
-        """`users` users for the warm-up, then the measured window of `duration` seconds."""
+        """`users` users for the warm-up, then the measured window of `duration` seconds.
+
+        `files`: the locustfiles to load (default: the scenarios', scenario_files)."""
         # Users start within half a second; the rest of the warm-up runs at full load.
         runtime = math.ceil(warmup + duration) + 1
-        args = ["-f", str(LOCUSTFILE), "-u", str(users), "-r", str(users * 2)]
+        locustfiles = ",".join(str(f) for f in files or self.scenario_files())
+        args = ["-f", locustfiles, "-u", str(users), "-r", str(users * 2)]
         args += ["-t", f"{runtime}s", "--reset-stats"]
         measurement, _ = self._launch(
             user_class, host, prefix, processes, users, warmup, duration, args, runtime, env or {}
@@ -95,7 +107,7 @@ class Driver:
             "LOADTEST_STEP_TIME": str(cfg.step_time),
             "LOADTEST_STEP_MAX": str(cfg.step_max),
         }
-        args = ["-f", f"{LOCUSTFILE},{STEPFILE}"]
+        args = ["-f", ",".join(str(f) for f in [*self.scenario_files(), STEPFILE])]
         measurement, measured = self._launch(
             user_class, host, prefix, processes, 0, 0, 0, args, runtime, step_env
         )

@@ -23,7 +23,7 @@ from collections import deque
 
 from locust import FastHttpUser, constant, events, task
 
-from loadtest.window import Window
+from loadtest.window import attach as attach_window
 
 # A request that takes longer than this is a failure, so a stalled server cannot hold a
 # fixed-duration run hostage (Locust's own default is 60 s).
@@ -267,8 +267,4 @@ class ApiUser(FastHttpUser):
 
 # --- the measurement window (loadtest/window.py) ----------------------------------------------
 
-_window = Window()
-events.test_start.add_listener(_window.start)
-events.request.add_listener(_window.request)
-events.test_stop.add_listener(_window.write)
-events.quitting.add_listener(_window.write)
+attach_window(events)

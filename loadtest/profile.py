@@ -18,7 +18,7 @@ from pathlib import Path
 
 from loadtest.accounts import Accounts
 from loadtest.cgroups import compose_containers
-from loadtest.config import SCENARIOS, Config
+from loadtest.config import Config
 from loadtest.driver import Driver
 from loadtest.results import ProfileRun, Results, Target
 
@@ -120,19 +120,19 @@ def run_profiles(cfg: Config, driver: Driver, targets: list[Target], results: Re
         return
     live = [t for t in targets if not t.skipped and t.name in SERVICE]
     with Accounts(cfg, results.notes, driver.log) as accounts:
-        for scenario in [s for s in cfg.scenarios if s in SCENARIOS]:
+        for scenario in [s for s in cfg.scenarios if s in cfg.classes]:
             for t in live:
                 pid, container = container_pid(cfg.compose_project, SERVICE[t.name])
                 if not pid:
                     results.notes.append(f"profile {scenario}/{t.name}: no container found")
                     continue
-                env = accounts.env(t) if scenario == "api" else {}
+                env = accounts.env(t) if cfg.needs_accounts(scenario) else {}
                 prefix = f"profile-{scenario}-{t.name}"
                 raw = driver.out_dir / f"{prefix}.pyspy.txt"
                 spy = PySpy(pyspy, pid, raw, cfg.warmup + 0.5, cfg.duration)
                 with spy:
                     m = driver.run(
-                        SCENARIOS[scenario],
+                        cfg.classes[scenario],
                         t.url,
                         prefix,
                         1,

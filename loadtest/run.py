@@ -3,6 +3,7 @@
     python -m loadtest.run                      # defaults: under 10 minutes on 2 cores
     SCENARIOS=json,db ROUNDS=5 python -m loadtest.run
     SMOKE=1 python -m loadtest.run              # a few seconds per scenario (CI)
+    LOCUSTFILE=examples/hello/locustfile.py python -m loadtest.run   # your own scenarios
     SHAPE=step SCENARIOS=json python -m loadtest.run   # find each target's knee
 
 Every setting is an environment variable and the same-named flag (`--users 20`); see
@@ -38,9 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(cfg.results_dir) / started.strftime("%Y%m%dT%H%M%SZ")
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"loadtest: writing {out_dir}", flush=True)
+    if cfg.locustfile:
+        print(f"  scenarios from {cfg.locustfile}: {', '.join(cfg.scenarios)}", flush=True)
 
     targets = targets_for(cfg)
-    probe_all(targets)
+    probe_all(cfg, targets)
     busy = busy_note()
     if busy:
         print(f"  WARNING: {busy}", flush=True)

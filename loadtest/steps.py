@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TypedDict
 
 from loadtest.accounts import Accounts
-from loadtest.config import SCENARIOS, Config
+from loadtest.config import Config
 from loadtest.driver import Driver
 from loadtest.results import Best, Knee, Results, SkippedStep, StepFigures, StepRun, Target
 from loadtest.stats import KNEE_P99_MS, Tally, merge_times, percentile
@@ -77,16 +77,16 @@ def run_steps(cfg: Config, driver: Driver, targets: list[Target], results: Resul
         f"({n_steps} steps of {cfg.step_users} users, {cfg.step_time:g} s each)"
     )
     with Accounts(cfg, results.notes, driver.log) as accounts:
-        for scenario in [s for s in cfg.scenarios if s in SCENARIOS]:
+        for scenario in [s for s in cfg.scenarios if s in cfg.classes]:
             for t in targets:
                 if t.skipped:
                     results.steps.append(
                         SkippedStep(scenario=scenario, target=t.name, skipped=t.skipped)
                     )
                     continue
-                env = accounts.env(t) if scenario == "api" else {}
+                env = accounts.env(t) if cfg.needs_accounts(scenario) else {}
                 prefix = f"step-{scenario}-{t.name}"
-                m, per_second = driver.step(SCENARIOS[scenario], t.url, prefix, procs, env)
+                m, per_second = driver.step(cfg.classes[scenario], t.url, prefix, procs, env)
                 entry = StepRun(
                     scenario=scenario,
                     target=t.name,

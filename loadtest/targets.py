@@ -24,7 +24,8 @@ def targets_for(cfg: Config) -> list[Target]:
             name=BASELINE,
             url=cfg.baseline_url,
             primary=True,
-            description="the same app on Flask's built-in server (`flask run`, threaded)",
+            description="the same app (`APP_MODULE`) on Flask's built-in server "
+            "(Werkzeug's development server, threaded)",
         ),
     ]
     if cfg.reference:
@@ -46,21 +47,30 @@ def targets_for(cfg: Config) -> list[Target]:
     return targets
 
 
-def probe(url: str, path: str = PROBE_PATH) -> tuple[str, dict[str, str]]:
-    """'' when url+path answers 200, else why not; plus the response headers."""
+def probe(url: str, path: str = PROBE_PATH, any_status: bool = False) -> tuple[str, dict[str, str]]:
+    """'' when url+path answers 200 (any_status: anything below 500), else why not; plus the
+    response headers."""
     try:
         resp = requests.get(url + path, timeout=5)
     except requests.RequestException as exc:
         return f"not reachable ({type(exc).__name__})", {}
-    if resp.status_code != 200:
+    if resp.status_code >= 500 if any_status else resp.status_code != 200:
         return f"{url + path} answered {resp.status_code}", dict(resp.headers)
     return "", dict(resp.headers)
 
 
-def probe_all(targets: list[Target]) -> None:
+def probe_target(cfg: Config, url: str) -> tuple[str, dict[str, str]]:
+    """Probe a target: the demo's /bench/plaintext, or, for your own locustfile, any answer
+    below 500 at / (your app need not have either path; it only has to be there)."""
+    if cfg.locustfile:
+        return probe(url, "/", any_status=True)
+    return probe(url)
+
+
+def probe_all(cfg: Config, targets: list[Target]) -> None:
     """Mark each target that does not answer as skipped, note who serves the others."""
     for t in targets:
-        why, headers = probe(t.url)
+        why, headers = probe_target(cfg, t.url)
         if why:
             t.skipped = why
             print(f"  {t.name:<16} {t.url}: SKIPPED, {why}", flush=True)

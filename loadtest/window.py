@@ -6,7 +6,8 @@ interval by up to one worker report (3 s) and understate requests/s. So each pro
 counts, itself, the requests that complete inside one fixed window after the warm-up (and, for
 the step shape, per second of the run), and writes them to LOADTEST_MEASURE_DIR when it stops;
 loadtest/driver.py adds the processes up. Locust's CSV and HTML stay as they are.
-locustfile.py hands `Window`'s methods to Locust's events.
+`attach` hands a `Window`'s methods to Locust's events: locustfile.py calls it, and so does
+measure.py, which the runner loads beside your own locustfile (LOCUSTFILE).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 
 def _bucket(ms: float) -> int:
@@ -104,3 +106,19 @@ class Window:
         with open(path + ".tmp", "w") as fh:
             json.dump(data, fh)
         os.replace(path + ".tmp", path)
+
+
+_attached: Window | None = None
+
+
+def attach(events: Any) -> Window:
+    """Count this process's requests in a Window hooked to Locust's `events`, once however
+    many locustfiles ask for it."""
+    global _attached
+    if _attached is None:
+        _attached = Window()
+        events.test_start.add_listener(_attached.start)
+        events.request.add_listener(_attached.request)
+        events.test_stop.add_listener(_attached.write)
+        events.quitting.add_listener(_attached.write)
+    return _attached

@@ -11,6 +11,7 @@ compose_files() {  # the base file plus the overrides the env (file) asks for
     [[ -z $(env_value DATABASE_URL) ]] && files+=(-f docker-compose.postgres.yml)
     [[ $(env_value TLS_ENABLED 0) == 1 ]] && files+=(-f docker-compose.tls.yml)
     [[ $(env_value REFERENCE 0) == 1 ]] && files+=(-f docker-compose.reference.yml)
+    [[ $(env_value DEV 0) == 1 ]] && files+=(-f docker-compose.dev.yml)
     # Your own overrides: compose's conventional file, then COMPOSE_EXTRA_FILES (space-separated).
     [[ -f docker-compose.override.yml ]] && files+=(-f docker-compose.override.yml)
     local extra
@@ -18,13 +19,23 @@ compose_files() {  # the base file plus the overrides the env (file) asks for
     echo "${files[@]}"
 }
 
+compose_v2() { docker compose version >/dev/null 2>&1; }
+
+baseline_on() {  # BASELINE=1 (shell or env file): the devserver runs beside the stack
+    [[ $(env_value BASELINE 0) == 1 ]]
+}
+
 compose() {
-    # shellcheck disable=SC2046  # word splitting of the -f list is intended
-    if docker compose version >/dev/null 2>&1; then
-        docker compose -p "$PROJECT" --env-file "$ENV_FILE" $(compose_files) "$@"
-    else
-        docker-compose -p "$PROJECT" --env-file "$ENV_FILE" $(compose_files) "$@"
+    # The devserver is in the `baseline` profile: compose sees it only when the baseline is on.
+    # COMPOSE_PROFILES, because both compose versions read it (1.29 has no `--profile` on
+    # every subcommand); set for this command only.
+    local profiles=${COMPOSE_PROFILES:-} cmd=(docker-compose)
+    if baseline_on; then
+        profiles=baseline${profiles:+,$profiles}
     fi
+    compose_v2 && cmd=(docker compose)
+    # shellcheck disable=SC2046  # word splitting of the -f list is intended
+    COMPOSE_PROFILES=$profiles "${cmd[@]}" -p "$PROJECT" --env-file "$ENV_FILE" $(compose_files) "$@"
 }
 
 env_value() {  # env_value NAME [DEFAULT]: the shell's value, else the env file's, else
@@ -89,9 +100,17 @@ diagnose() {  # after a failed `up`: report every container of the project that 
     done
 }
 
+active_services() {  # the services `up` starts: 1.29's `config --services` ignores profiles
+    local service
+    for service in $(compose config --services); do
+        [[ $service == devserver ]] && ! baseline_on && continue
+        echo "$service"
+    done
+}
+
 wait_healthy() {  # wait until every container is healthy (or exited 0 for one-shots)
     local timeout=${1:-300} start=$SECONDS ids id state bad service services
-    services=$(compose config --services)
+    services=$(active_services)
     while true; do
         bad=""
         ids=$(compose ps -q)
@@ -121,6 +140,66 @@ wait_healthy() {  # wait until every container is healthy (or exited 0 for one-s
     done
 }
 
+devserver_running() {  # a devserver container of this project is up
+    [[ -n $(docker ps -q --filter "label=com.docker.compose.project=$PROJECT" \
+            --filter "label=com.docker.compose.service=devserver") ]]
+}
+
+baseline() {  # baseline up|down|running: the built-in-server baseline beside a running stack
+    case ${1:-} in
+        up)
+            if [[ -z $(compose ps -q app) ]]; then
+                echo "the stack is not running: start it first (make up)" >&2
+                return 1
+            fi
+            # --no-deps: the stack is up, its migration done; only the devserver is added.
+            BASELINE=1 compose up -d --no-deps devserver || { diagnose; return 1; }
+            BASELINE=1 wait_healthy "${2:-120}"
+            ;;
+        down) BASELINE=1 compose rm -s -f devserver ;;
+        running) devserver_running ;;
+        *) echo "usage: stack.sh baseline up|down|running" >&2; return 2 ;;
+    esac
+}
+
+compose_wait_flags() {  # `up --wait` where compose has it (v2), with a timeout where it has one
+    local help
+    compose_v2 || return 0
+    help=$(docker compose up --help 2>/dev/null)
+    grep -q -- '--wait ' <<< "$help" || return 0
+    if grep -q -- '--wait-timeout' <<< "$help"; then
+        echo "--wait --wait-timeout $1"
+    else
+        echo "--wait"
+    fi
+}
+
+up_stack() {  # up REPLICAS: start (or update) the stack and return once every service is healthy
+    local replicas=${1:-3} wait_flags
+    if [[ $(env_value DEV 0) == 1 && $(env_value APP_ENV production) == production ]]; then
+        echo "refused: the development override (docker-compose.dev.yml) mounts the source and" \
+            "restarts on changes; APP_ENV is production. Use make dev-stack, or set" \
+            "APP_ENV=development." >&2
+        return 2
+    fi
+    if baseline_on; then
+        echo "with the built-in-server baseline (devserver), for comparing by hand"
+    elif devserver_running; then
+        echo "stopping the built-in-server baseline (devserver): BASELINE=1 keeps it"
+        baseline down
+    fi
+    # Compose v2 waits itself (healthy, or exited 0 for the one-shots other services wait for);
+    # 1.29 has no --wait, so the loop above does it.
+    wait_flags=$(compose_wait_flags 300)
+    # shellcheck disable=SC2086  # the flags are words
+    compose up -d --remove-orphans --scale "app=$replicas" $wait_flags || { diagnose; return 1; }
+    if [[ -z $wait_flags ]]; then
+        wait_healthy 300
+    else
+        echo "all services healthy (docker compose up --wait)"
+    fi
+}
+
 urls() {
     local bind port dev
     bind=$(env_value BIND_ADDR 127.0.0.1)
@@ -133,7 +212,9 @@ urls() {
     if [[ $(env_value TLS_ENABLED 0) == 1 ]]; then
         echo "    HTTPS (HTTP/2):                  https://$bind:$(env_value TLS_PORT 8443)/"
     fi
-    echo "  baseline (Flask built-in server):  http://$bind:$dev/"
+    if devserver_running; then
+        echo "  baseline (Flask built-in server):  http://$bind:$dev/"
+    fi
     echo "  admin user: $(env_value ADMIN_USERNAME admin), password in $ENV_FILE"
     echo
 }
@@ -164,12 +245,18 @@ rollout() {  # replace app replicas one at a time: start the new one, wait healt
         docker rm "$id" >/dev/null
         echo "  replaced $(echo "$id" | cut -c1-12) with $(echo "$new_ids" | cut -c1-12)"
     done
+    # Every replica runs the new image now: share its static files (APP_STATIC_DIR) with nginx.
+    local out
+    out=$(compose run --rm --no-deps static 2>&1) || { echo "$out" >&2; return 1; }
+    echo "  shared the new image's static files with nginx"
 }
 
-cmd=${1:?usage: stack.sh compose|env|get|wait|diagnose|urls|rollout ...}
+cmd=${1:?usage: stack.sh compose|env|get|up|wait|baseline|diagnose|urls|rollout ...}
 shift
 case $cmd in
     compose) compose "$@" ;;
+    up) up_stack "$@" ;;
+    baseline) baseline "$@" ;;
     env) make_env ;;
     get) env_value "$@" ;;
     wait) wait_healthy "$@" ;;

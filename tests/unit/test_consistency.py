@@ -102,7 +102,7 @@ def test_sizing_rule_holds_for_the_defaults() -> None:
     assert int(ENV["DB_POOL_SIZE"]) >= int(ENV["APP_THREADS"]), (
         "a thread would wait for a connection"
     )
-    devserver = 1
+    devserver = 1  # while the baseline runs: during `make loadtest`, or with BASELINE=1
     # One LISTEN connection per replica, and one for NOTIFY once its socket.io server publishes.
     listeners = 2 * LARGEST_SCALE
     needed = (LARGEST_SCALE + devserver) * per_process + listeners + RESERVED_CONNECTIONS
@@ -164,3 +164,15 @@ def test_event_channel_has_one_home() -> None:
     for path in [*ROOT.glob("app/*.py"), *ROOT.glob("deploy/tornado/**/*.py")]:
         if path.name != "contract.py":
             assert '"app_events"' not in path.read_text(), f"{path} spells the channel out"
+
+
+def test_the_builtin_server_baseline_is_opt_in() -> None:
+    """Only the devserver is in a profile (`baseline`), and .env.example leaves it off."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    profiled = {name: s.get("profiles") for name, s in doc["services"].items() if "profiles" in s}
+    assert profiled == {"devserver": ["baseline"]}
+    assert ENV["BASELINE"] == "0"
+    stack_sh = (ROOT / "deploy" / "scripts" / "stack.sh").read_text()
+    assert "profiles=baseline" in stack_sh, "stack.sh no longer turns the profile on"

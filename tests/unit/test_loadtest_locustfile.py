@@ -1,0 +1,142 @@
+"""`make loadtest LOCUSTFILE=...`: your own locustfile's user classes become the scenarios
+(Locust itself lists them; no stack needed, nothing timed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadtest import report, window
+from loadtest.config import LOCUSTFILE, SCENARIOS, parse_config
+from loadtest.driver import MEASUREFILE, Driver
+
+ROOT = Path(__file__).resolve().parents[2]
+HELLO = ROOT / "examples" / "hello" / "locustfile.py"
+
+
+@pytest.fixture(autouse=True)
+def _no_env_settings(monkeypatch):
+    for name in ("LOCUSTFILE", "SCENARIOS", "SHAPE", "SMOKE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_each_user_class_is_a_scenario_named_after_it(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = parse_config(["--locustfile", "examples/hello/locustfile.py"])
+    assert cfg.locustfile == str(HELLO)
+    assert cfg.scenarios == ["HelloUser", "StaticUser"]
+    assert cfg.classes == {"HelloUser": "HelloUser", "StaticUser": "StaticUser"}
+    # Run beside the window counter; the ceiling keeps the demo's own constant.
+    assert Driver(cfg, ROOT, []).scenario_files() == [HELLO, MEASUREFILE]
+
+
+def test_scenarios_pick_among_the_files_classes(monkeypatch):
+    monkeypatch.setenv("LOCUSTFILE", str(HELLO))
+    monkeypatch.setenv("SCENARIOS", "StaticUser")
+    assert parse_config([]).scenarios == ["StaticUser"]
+    monkeypatch.setenv("SCENARIOS", "json")
+    with pytest.raises(SystemExit):
+        parse_config([])
+
+
+def test_without_a_locustfile_the_demo_scenarios_run():
+    cfg = parse_config([])
+    assert cfg.locustfile == ""
+    assert cfg.classes == SCENARIOS
+    assert Driver(cfg, ROOT, []).scenario_files() == [LOCUSTFILE]
+    assert cfg.needs_accounts("api")
+
+
+def test_a_user_scenario_named_api_gets_no_demo_accounts(tmp_path):
+    lf = tmp_path / "lf.py"
+    lf.write_text(
+        "from locust import FastHttpUser, task\n\n"
+        "class api(FastHttpUser):\n"
+        "    @task\n"
+        "    def t(self):\n"
+        "        self.client.get('/')\n"
+    )
+    cfg = parse_config(["--locustfile", str(lf)])
+    assert cfg.scenarios == ["api"]
+    assert not cfg.needs_accounts("api")
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("from locust import FastHttpUser\n\nclass Base(FastHttpUser):\n    abstract = True\n",
+         "has no user class"),
+        ("import no_such_module\n", "could not load it"),
+    ],
+)  # fmt: skip
+def test_a_locustfile_without_scenarios_is_refused(tmp_path, capsys, text, says):
+    lf = tmp_path / "lf.py"
+    lf.write_text(text)
+    with pytest.raises(SystemExit):
+        parse_config(["--locustfile", str(lf)])
+    assert says in capsys.readouterr().err
+
+
+def test_a_missing_locustfile_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--locustfile", "no/such/locustfile.py"])
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_the_window_counts_once_however_many_files_ask(monkeypatch):
+    class Hook(list):
+        add_listener = list.append
+
+    class Events:
+        test_start, request, test_stop, quitting = Hook(), Hook(), Hook(), Hook()
+
+    monkeypatch.setattr(window, "_attached", None)
+    first = window.attach(Events)
+    assert window.attach(Events) is first
+    assert Events.request == [first.request]
+
+
+def test_the_report_names_the_locustfile(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = parse_config(["--locustfile", str(HELLO)])
+    runs = [
+        {
+            "scenario": sc,
+            "target": t,
+            "round": 1,
+            "rps": 100.0,
+            "p50": 1.0,
+            "p95": 2.0,
+            "p99": 3.0,
+            "failures_total": 0,
+            "requests_total": 1000,
+            "processes": 1,
+            "gen_cores": 0.5,
+            "machine_busy": 0.9,
+            "containers": {},
+        }
+        for sc in cfg.scenarios
+        for t in ("stack", "builtin")
+    ]
+    doc = {
+        "started": "now",
+        "command": "python -m loadtest.run",
+        "config": cfg.__dict__,
+        "machine": {"cores": "2"},
+        "targets": [
+            {"name": "stack", "url": "http://s", "description": "stack"},
+            {"name": "builtin", "url": "http://b", "description": "built-in"},
+        ],
+        "docker": {"containers": [], "reason": "test"},
+        "ceiling": {"rps": {}},
+        "runs": runs,
+        "steps": [],
+        "notes": [],
+    }
+    report.write_report(tmp_path, doc)
+    text = (tmp_path / "report.md").read_text()
+    assert f"your locustfile `{HELLO}` (HelloUser, StaticUser)" in text
+    assert f"LOCUSTFILE={HELLO} SCENARIOS=HelloUser,StaticUser" in text
+    assert "| HelloUser | stack |" in text and "| StaticUser | builtin |" in text
+    assert "`api` users take accounts" not in text
