@@ -58,12 +58,9 @@ write_manifest() {  # write_manifest DIR REVISION DUMP_STARTED_AT DATABASE
 # ---- the host side: the running stack's containers ------------------------------------------
 
 container() {  # the id of a running container of SERVICE (any replica), or nothing
-    "$STACK" compose ps -q "$1" 2>/dev/null | while read -r id; do
-        if [[ $(docker inspect -f '{{.State.Running}}' "$id" 2>/dev/null) == true ]]; then
-            echo "$id"
-            break
-        fi
-    done
+    # docker ps by compose's labels: a tenth of the time `compose ps` takes to start.
+    docker ps -q --filter "label=com.docker.compose.project=$PROJECT" \
+        --filter "label=com.docker.compose.service=$1" | head -n 1
 }
 
 require_stack() {  # sets PG and APP (container ids), DB and DB_USER, or explains what is missing
@@ -74,8 +71,7 @@ backs up. Use your provider's backups (snapshots, point-in-time recovery) for it
     PG=$(container postgres)
     APP=$(container app)
     [[ -n $PG && -n $APP ]] || die "the stack $PROJECT is not running (postgres and app): make up first"
-    DB=$(docker exec "$PG" printenv POSTGRES_DB)
-    DB_USER=$(docker exec "$PG" printenv POSTGRES_USER)
+    read -r DB DB_USER < <(docker exec "$PG" sh -c 'echo "$POSTGRES_DB $POSTGRES_USER"')
     [[ $DB =~ ^[a-z_][a-z0-9_]*$ ]] || die "unexpected POSTGRES_DB name: $DB"
 }
 
@@ -156,7 +152,7 @@ SQL
 }
 
 restore() {
-    local dir=${1:-} start=$SECONDS revision held tag stage old blocked=0 staged=0 swapped=0
+    local dir=${1:-} start=$SECONDS revision held tag stage old closed blocked=0 staged=0 swapped=0
     [[ -n $dir ]] || die "usage: make restore BACKUP=backups/<time> [FORCE=1]"
     [[ -d $dir ]] || refuse "$dir is not a directory"
     require_stack
@@ -189,17 +185,19 @@ Restoring replaces all of it with the backup; run again with FORCE=1 to do that.
 
     # 1. Stage the uploads beside the live ones (the app serves only names its rows hold).
     staged=1
-    docker exec "$APP" mkdir "$stage"
-    tar -C "$dir/uploads" -cf - . | docker exec -i "$APP" tar -C "$stage" -xf - --no-same-permissions
-    docker exec "$APP" sh -c 'find "$1" -type d -exec chmod 755 {} + -o -type f -exec chmod 644 {} +' sh "$stage"
+    # A backup of an empty volume may have lost its empty uploads/ on the way (tar of nothing).
+    if [[ -d $dir/uploads ]]; then tar -C "$dir/uploads" -cf - .; else tar -cf - -T /dev/null; fi \
+        | docker exec -i "$APP" sh -c 'mkdir "$1" && tar -C "$1" -xf - \
+        && find "$1" -type d -exec chmod 755 {} + -o -type f -exec chmod 644 {} +' sh "$stage"
 
     # 2. From here to the switch the replicas answer 503 database_unavailable: no request sees
     #    half-restored data, and no write is accepted only to be replaced.
-    psql_in postgres -c "DROP DATABASE IF EXISTS ${DB}_restore" -c "CREATE DATABASE ${DB}_restore"
     blocked=1
-    psql_in postgres -c "ALTER DATABASE $DB ALLOW_CONNECTIONS false" \
+    psql_in postgres -c "DROP DATABASE IF EXISTS ${DB}_restore" -c "CREATE DATABASE ${DB}_restore" \
+        -c "ALTER DATABASE $DB ALLOW_CONNECTIONS false" \
         -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '$DB'" >/dev/null
-    echo "database $DB closed to the app; restoring"
+    closed=$SECONDS
+    echo "verified and staged in $((SECONDS - start)) s; database $DB closed to the app, restoring"
 
     # 3. The dump into a database of its own, in one transaction: all of it or nothing.
     docker exec -i "$PG" pg_restore --single-transaction --exit-on-error --no-owner --no-privileges \
@@ -217,7 +215,7 @@ Restoring replaces all of it with the backup; run again with FORCE=1 to do that.
         -c "ALTER DATABASE $DB RENAME TO ${DB}_pre_restore_$tag" \
         -c "ALTER DATABASE ${DB}_restore RENAME TO $DB" >/dev/null
     trap - EXIT
-    echo "database $DB restored and open again"
+    echo "database $DB restored and open again after $((SECONDS - closed)) s"
 
     # 6. What was replaced goes.
     psql_in postgres -c "DROP DATABASE ${DB}_pre_restore_$tag WITH (FORCE)"
