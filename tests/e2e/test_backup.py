@@ -282,7 +282,9 @@ def drill(stack_url: str, tmp_path_factory: pytest.TempPathFactory) -> Drill:
         "backup under paced writes",
         f"{len(during)} requests during the backup at {PACED_RATE}/s, {len(failed)} failed",
     )
-    figure("restore seconds", f"{restore_seconds:.1f}")
+    closed = [p for p in poller.seen if p[2] == 503]
+    window = max(p[1] for p in closed) - min(p[0] for p in closed) if closed else 0.0
+    figure("restore seconds", f"{restore_seconds:.1f} (503 to clients for {window:.1f} s of it)")
     figure(
         "restore as clients saw it",
         ", ".join(
