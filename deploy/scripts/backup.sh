@@ -46,7 +46,7 @@ write_manifest() {  # write_manifest DIR REVISION DUMP_STARTED_AT DATABASE
         printf '  "revision": %s,\n  "files": {' "$(json_string "$revision")"
         while IFS= read -r -d '' path; do
             path=${path#./}
-            sum=$(sha256sum "$dir/$path" | cut -d' ' -f1)
+            sum=$(sha256sum < "$dir/$path" | cut -d' ' -f1)  # stdin: a name with a backslash would prefix the sum with one
             size=$(stat -c %s "$dir/$path")
             printf '%s\n    %s: {"sha256": "%s", "size": %s}' "$sep" "$(json_string "$path")" "$sum" "$size"
             sep=,
@@ -263,5 +263,6 @@ case $cmd in
     backup) backup ;;
     restore) restore "$@" ;;
     schedule) cd /; schedule ;;
-    *) die "usage: backup.sh backup | restore DIR | schedule" ;;
+    manifest) write_manifest "$@" ;;  # DIR REVISION DUMP_STARTED_AT DATABASE (for the unit tests)
+    *) die "usage: backup.sh backup | restore DIR | schedule | manifest DIR REVISION STARTED DB" ;;
 esac
