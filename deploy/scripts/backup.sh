@@ -202,6 +202,8 @@ Restoring replaces all of it with the backup; run again with FORCE=1 to do that.
     # 3. The dump into a database of its own, in one transaction: all of it or nothing.
     docker exec -i "$PG" pg_restore --single-transaction --exit-on-error --no-owner --no-privileges \
         -U "$DB_USER" -d "${DB}_restore" < "$dir/db.dump"
+    # A dump holds no planner statistics: gather them before the first query plans without.
+    psql_in "${DB}_restore" -c ANALYZE
 
     # 4. The uploads: the live ones aside, the staged ones in their place.
     docker exec "$APP" sh -c 'cd "$1" && mkdir "$3" && find . -mindepth 1 -maxdepth 1 ! -name ".*restore-*" -exec mv -t "$3" {} + \
