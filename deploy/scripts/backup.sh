@@ -152,7 +152,9 @@ SQL
 }
 
 restore() {
-    local dir=${1:-} start=$SECONDS revision held tag stage old closed blocked=0 staged=0 swapped=0
+    local dir=${1:-} start=$SECONDS revision held tag closed
+    # Globals, not locals: the EXIT trap that reads them runs after this function has gone.
+    stage="" old="" blocked=0 staged=0 swapped=0
     [[ -n $dir ]] || die "usage: make restore BACKUP=backups/<time> [FORCE=1]"
     [[ -d $dir ]] || refuse "$dir is not a directory"
     require_stack
@@ -172,14 +174,20 @@ Restoring replaces all of it with the backup; run again with FORCE=1 to do that.
     old=$UPLOADS/.pre-restore-$tag
     # Undo whatever was done when any step fails: the live data stays as it was.
     rollback() {
+        local undone=1
         echo "restore failed; putting the stack back as it was" >&2
         if (( swapped )); then
             docker exec "$APP" sh -c 'cd "$1" && find . -mindepth 1 -maxdepth 1 ! -name ".*restore-*" -exec rm -rf {} + \
-                && find "$2" -mindepth 1 -maxdepth 1 -exec mv -t . {} + && rmdir "$2"' sh "$UPLOADS" "$old" || true
+                && find "$2" -mindepth 1 -maxdepth 1 -exec mv -t . {} + && rmdir "$2"' sh "$UPLOADS" "$old" || undone=0
         fi
-        if (( staged )); then docker exec "$APP" rm -rf "$stage" || true; fi
-        psql_in postgres -c "DROP DATABASE IF EXISTS ${DB}_restore" || true
-        if (( blocked )); then psql_in postgres -c "ALTER DATABASE $DB ALLOW_CONNECTIONS true" || true; fi
+        if (( staged )); then docker exec "$APP" rm -rf "$stage" || undone=0; fi
+        psql_in postgres -c "DROP DATABASE IF EXISTS ${DB}_restore" || undone=0
+        if (( blocked )); then psql_in postgres -c "ALTER DATABASE $DB ALLOW_CONNECTIONS true" || undone=0; fi
+        if (( undone )); then
+            echo "nothing was changed." >&2
+        else
+            echo "could not undo every step: check database $DB and the uploads volume" >&2
+        fi
     }
     trap 'rollback' EXIT
 
@@ -199,11 +207,11 @@ Restoring replaces all of it with the backup; run again with FORCE=1 to do that.
     closed=$SECONDS
     echo "verified and staged in $((SECONDS - start)) s; database $DB closed to the app, restoring"
 
-    # 3. The dump into a database of its own, in one transaction: all of it or nothing.
-    docker exec -i "$PG" pg_restore --single-transaction --exit-on-error --no-owner --no-privileges \
-        -U "$DB_USER" -d "${DB}_restore" < "$dir/db.dump"
-    # A dump holds no planner statistics: gather them before the first query plans without.
-    psql_in "${DB}_restore" -c ANALYZE
+    # 3. The dump into a database of its own, in one transaction: all of it or nothing. A dump
+    #    holds no planner statistics: ANALYZE gathers them before the first query plans without.
+    docker exec -i "$PG" sh -c 'pg_restore --single-transaction --exit-on-error --no-owner \
+        --no-privileges -U "$1" -d "$2" && psql -X -q -U "$1" -d "$2" -c ANALYZE' \
+        sh "$DB_USER" "${DB}_restore" < "$dir/db.dump"
 
     # 4. The uploads: the live ones aside, the staged ones in their place.
     docker exec "$APP" sh -c 'cd "$1" && mkdir "$3" && find . -mindepth 1 -maxdepth 1 ! -name ".*restore-*" -exec mv -t "$3" {} + \

@@ -418,6 +418,16 @@ def damage_revision(backup: Path) -> str:
     return "migration revision is '0000_elsewhere'"
 
 
+def damage_dump_with_matching_manifest(backup: Path) -> str:
+    """A dump pg_restore rejects halfway, listed with its true sha256: the restore starts."""
+    dump = backup / "db.dump"
+    dump.write_bytes(dump.read_bytes()[: dump.stat().st_size * 2 // 3])
+    manifest = json.loads((backup / "manifest.json").read_text())
+    (backup / "manifest.json").unlink()
+    run("deploy/scripts/backup.sh", "manifest", str(backup), manifest["revision"], "-", "app")
+    return "restore failed; putting the stack back as it was"
+
+
 def damage_manifest_missing(backup: Path) -> str:
     (backup / "manifest.json").unlink()
     return "manifest.json is missing"
@@ -451,6 +461,7 @@ def sentinel(drill, stack_url) -> dict:
         damage_added_file,
         damage_revision,
         damage_manifest_missing,
+        damage_dump_with_matching_manifest,
     ],
 )
 def test_restore_refuses_a_damaged_backup_and_changes_nothing(
