@@ -78,7 +78,9 @@ backs up. Use your provider's backups (snapshots, point-in-time recovery) for it
 psql_in() {  # psql_in DATABASE [psql args]: psql in the postgres container (its local socket)
     local database=$1
     shift
-    docker exec -i -e PGOPTIONS="-c client_min_messages=warning" "$PG" psql -X -q -v ON_ERROR_STOP=1 -At -U "$DB_USER" -d "$database" "$@"
+    # No statement timeout: the stack's 15 s (PG_STATEMENT_TIMEOUT) is for requests, not this.
+    docker exec -i -e PGOPTIONS="-c client_min_messages=warning -c statement_timeout=0" "$PG" \
+        psql -X -q -v ON_ERROR_STOP=1 -At -U "$DB_USER" -d "$database" "$@"
 }
 
 live_revision() {
@@ -122,22 +124,25 @@ backup() {
 data_summary() {  # what the live database and uploads hold beyond what `make up` seeds; empty if nothing
     local admin table rows summary="" files
     admin=$("$STACK" get ADMIN_USERNAME admin)
-    # Rows per table of every schema but the system ones.
+    # Rows per table of every schema but the system ones, counted up to 1001.
     while IFS='|' read -r table rows; do
         if [[ -z $table || " $SEED_TABLES " == *" $table "* ]]; then
             continue
         fi
         if [[ $table == users ]]; then  # the bootstrap admin is seeded too
             rows=$(psql_in "$DB" -v admin="${admin,,}" <<< \
-                "SELECT count(*) FROM users WHERE username <> :'admin'")
+                "SELECT count(*) FROM (SELECT FROM users WHERE username <> :'admin' LIMIT 1001) s")
         fi
-        if (( rows > 0 )); then
+        if (( rows > 1000 )); then
+            summary+="$table over 1000, "
+        elif (( rows > 0 )); then
             summary+="$table $rows, "
         fi
     done < <(psql_in "$DB" -F '|' <<'SQL'
 SELECT c.relname,
        (xpath('/row/n/text()',
-              query_to_xml(format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname),
+              query_to_xml(format('SELECT count(*) AS n FROM (SELECT FROM %I.%I LIMIT 1001) s',
+                                  n.nspname, c.relname),
                            false, true, '')))[1]::text
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -210,7 +215,7 @@ Restoring replaces all of it with the backup; run again with FORCE=1 to do that.
     # 3. The dump into a database of its own, in one transaction: all of it or nothing. A dump
     #    holds no planner statistics: ANALYZE gathers them before the first query plans without.
     docker exec -i "$PG" sh -c 'pg_restore --single-transaction --exit-on-error --no-owner \
-        --no-privileges -U "$1" -d "$2" && psql -X -q -U "$1" -d "$2" -c ANALYZE' \
+        --no-privileges -U "$1" -d "$2" && PGOPTIONS="-c statement_timeout=0" psql -X -q -U "$1" -d "$2" -c ANALYZE' \
         sh "$DB_USER" "${DB}_restore" < "$dir/db.dump"
 
     # 4. The uploads: the live ones aside, the staged ones in their place.
