@@ -1,6 +1,6 @@
 """The restore drill, as `make backup` / `make restore` users run it, on the test stack.
 
-Users, posts and uploads go in through nginx; `make backup` runs while a paced writer keeps
+Users, posts and uploads go in through nginx; `make backup` runs while paced writers keep
 posting; the test stack's containers and volumes are removed (what `make clean` does to a
 stack) and a fresh one comes up; `make restore` brings the data back while clients poll. Then
 the refusals: a database that holds data, and damaged or mismatched backups, each with FORCE=1
@@ -11,6 +11,7 @@ The stack is left up and healthy, holding the restored data, for the tests that 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,7 +32,8 @@ REPLICAS = 3
 SEED_USERS = 4
 POSTS_PER_USER = 60
 UPLOAD_SIZES = (1, 70_000, 1_500_000)
-PACED_RATE = 20  # posts a second, from one writer, during the backup
+WRITERS = 4  # each posts in sequence, so its commit order is its own order
+PACED_RATE = 5  # posts a second per writer, during the backup
 TIMEOUT = 10
 
 
@@ -177,7 +179,7 @@ class Drill:
     uploads: dict[int, str]  # upload id -> sha256 of what was sent
     world_before: str
     acked_before_backup: list[int]  # post ids of paced writes acknowledged before make backup
-    paced: list[tuple[int, float, float, int | None, int | None]]
+    paced: list[list[tuple[int, float, float, int | None, int | None]]]  # per writer
     backup_window: tuple[float, float]
     restore_polls: list[tuple[float, float, int | None, dict | None]]
     polled_post: dict
@@ -235,12 +237,17 @@ def drill(stack_url: str, tmp_path_factory: pytest.TempPathFactory) -> Drill:
         uploads[r.json()["id"]] = hashlib.sha256(payload).hexdigest()
     world_before = psql(WORLD_DIGEST)
 
-    # The backup, while one writer keeps posting.
-    writer_name = next(iter(users))
-    with PacedWriter(stack_url, headers[writer_name], f"paced-{secrets.token_hex(3)}") as writer:
+    # The backup, while writers keep posting.
+    writers = [
+        PacedWriter(stack_url, headers[name], f"paced-{secrets.token_hex(3)}")
+        for name in list(users)[:WRITERS]
+    ]
+    with contextlib.ExitStack() as running:
+        for writer in writers:
+            running.enter_context(writer)
         time.sleep(1.5)
         started = time.time()
-        acked = [a[4] for a in writer.attempts if a[3] == 201 and a[2] < started]
+        acked = [a[4] for w in writers for a in w.attempts if a[3] == 201 and a[2] < started]
         backup_result, backup_seconds = make("backup", BACKUP_ROOT=str(root))
         ended = time.time()
         time.sleep(1.5)
@@ -271,8 +278,9 @@ def drill(stack_url: str, tmp_path_factory: pytest.TempPathFactory) -> Drill:
         time.sleep(0.5)
         restore_result, restore_seconds = make("restore", f"BACKUP={backups[0]}")
         time.sleep(0.5)
-    during = [a for a in writer.attempts if a[1] < ended and a[2] > started]
-    failed = [a for a in writer.attempts if a[3] != 201]
+    attempts = [a for w in writers for a in w.attempts]
+    during = [a for a in attempts if a[1] < ended and a[2] > started]
+    failed = [a for a in attempts if a[3] != 201]
     figure(
         "backup seconds",
         f"{backup_seconds:.1f} ({len(posts)} posts, {len(uploads)} uploads,"
@@ -280,7 +288,8 @@ def drill(stack_url: str, tmp_path_factory: pytest.TempPathFactory) -> Drill:
     )
     figure(
         "backup under paced writes",
-        f"{len(during)} requests during the backup at {PACED_RATE}/s, {len(failed)} failed",
+        f"{len(during)} requests during the {ended - started:.1f} s backup from {WRITERS}"
+        f" writers offering {WRITERS * PACED_RATE}/s, {len(failed)} failed",
     )
     closed = [p for p in poller.seen if p[2] == 503]
     window = max(p[1] for p in closed) - min(p[0] for p in closed) if closed else 0.0
@@ -300,7 +309,7 @@ def drill(stack_url: str, tmp_path_factory: pytest.TempPathFactory) -> Drill:
         uploads=uploads,
         world_before=world_before,
         acked_before_backup=acked,
-        paced=writer.attempts,
+        paced=[w.attempts for w in writers],
         backup_window=(started, ended),
         restore_polls=poller.seen,
         polled_post=polled_post,
@@ -312,9 +321,10 @@ def drill(stack_url: str, tmp_path_factory: pytest.TempPathFactory) -> Drill:
 
 def test_backup_fails_no_request_of_the_paced_writes(drill):
     started, ended = drill.backup_window
-    during = [a for a in drill.paced if a[1] < ended and a[2] > started]
+    attempts = [a for attempts in drill.paced for a in attempts]
+    during = [a for a in attempts if a[1] < ended and a[2] > started]
     assert during, "no write ran during the backup"
-    assert [a for a in drill.paced if a[3] != 201] == []
+    assert [a for a in attempts if a[3] != 201] == []
 
 
 def test_backup_is_private_and_its_manifest_lists_every_file(drill):
@@ -340,14 +350,14 @@ def test_restore_brings_back_every_row_committed_before_the_dump(drill, stack_ur
     assert set(restored) <= set(drill.posts)
     assert [i for i in restored if restored[i] != drill.posts[i]] == []
     # Every post but the paced ones was committed before the backup began.
-    paced_ids = {a[4] for a in drill.paced if a[4] is not None}
+    paced_ids = {a[4] for attempts in drill.paced for a in attempts if a[4] is not None}
     assert set(drill.posts) - paced_ids <= set(restored)
     # Paced writes: all acknowledged before `make backup` started are back, and what is back
-    # is a prefix of the writer's sequence (one snapshot, no gaps).
+    # is a prefix of each writer's sequence (one snapshot, no gaps).
     assert set(drill.acked_before_backup) <= set(restored)
-    sequence = [a[4] for a in sorted(drill.paced) if a[4] is not None]
-    back = [post_id in restored for post_id in sequence]
-    assert back == sorted(back, reverse=True), "the restored paced writes have gaps"
+    for attempts in drill.paced:
+        back = [a[4] in restored for a in sorted(attempts) if a[4] is not None]
+        assert back == sorted(back, reverse=True), "a writer's restored posts have gaps"
     admin = stack("get", "ADMIN_USERNAME", "admin").stdout.strip()
     admin_headers = login(stack_url, admin, stack("get", "ADMIN_PASSWORD").stdout.strip())
     assert all_pages(f"{stack_url}/api/admin/users", admin_headers) == drill.users_before
