@@ -98,6 +98,17 @@ swarm-down: ## Remove the Swarm stack (volumes kept), leave the swarm if swarm-u
 swarm-status: ## The Swarm stack's services, tasks and what is not ready
 	deploy/scripts/swarm.sh status
 
+##@ Backups
+
+.PHONY: backup
+backup: ## Back up the running stack's database and uploads to backups/<UTC time>/ (mode 600)
+	deploy/scripts/backup.sh backup
+
+.PHONY: restore
+restore: ## Restore BACKUP=backups/<time> into the running stack (FORCE=1 replaces data)
+	@test -n "$(BACKUP)" || { echo "usage: make restore BACKUP=backups/<time> [FORCE=1]"; exit 2; }
+	FORCE=$(FORCE) deploy/scripts/backup.sh restore "$(BACKUP)"
+
 ##@ Images
 
 .PHONY: images
