@@ -174,7 +174,7 @@ test-integration: venv images ## API and host-process tests against a throwaway 
 test-e2e: venv images ## End-to-end tests against a test stack on ports 18080/15000, then tear it down
 	$(MAKE) --no-print-directory test-stack-up
 	@rm -f build/e2e-figures.txt
-	status=0; PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) \
+	status=0; BASELINE=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) \
 	  STACK_URL=http://127.0.0.1:$(TEST_STACK_PORT) BASELINE_URL=http://127.0.0.1:$(TEST_DEVSERVER_PORT) \
 	  $(PYTEST) tests/e2e tests/faults --ignore=tests/e2e/test_swarm.py || status=$$?; \
 	  $(MAKE) --no-print-directory test-stack-down; \
@@ -191,7 +191,7 @@ test-swarm: venv images ## The Swarm deployment test on a single-node swarm it c
 .PHONY: faults
 faults: venv images ## Fault and attack tests on a test stack (K=postgres for one); prints the figures
 	$(MAKE) --no-print-directory test-stack-up
-	status=0; PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) \
+	status=0; BASELINE=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) \
 	  STACK_URL=http://127.0.0.1:$(TEST_STACK_PORT) BASELINE_URL=http://127.0.0.1:$(TEST_DEVSERVER_PORT) \
 	  $(PY) tests/faults/run.py $(if $(K),-k '$(K)') || status=$$?; \
 	  $(MAKE) --no-print-directory test-stack-down; exit $$status
