@@ -44,62 +44,80 @@ def settings(cfg: Config) -> dict[str, float]:
     return {k: float(os.environ.get(f"REALTIME_{k.upper()}", v)) for k, v in base.items()}
 
 
+def _post_id(message: str) -> int | None:
+    """The post id of a post.created message, without parsing the whole JSON (cheap per message:
+    the receivers must not be what limits the figure)."""
+    if '"post.created"' not in message:
+        return None
+    at = message.find('"id":')
+    if at < 0:
+        return None
+    digits = message[at + 5 :].lstrip().split(",", 1)[0].split("}", 1)[0]
+    return int(digits) if digits.isdigit() else None
+
+
 async def _ws_client(url: str, receipts: list[Receipt], hello: list[str], stop: asyncio.Event):
-    conn = await websocket_connect(url + "/ws")
-    first = json.loads(await conn.read_message())
-    replica = first["replica"]
-    hello.append(replica)
-    reader = asyncio.ensure_future(conn.read_message())
-    stopper = asyncio.ensure_future(stop.wait())
-    while True:
-        done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if stopper in done:
-            reader.cancel()
-            break
-        message = reader.result()
-        if message is None:
-            break
+    replica = [""]
+
+    def on_message(message: str | bytes | None) -> None:
+        if not isinstance(message, str):
+            return
         t = time.time()
-        if '"post.created"' in message:
-            receipts.append(("ws", replica, json.loads(message)["post"]["id"], t))
-        reader = asyncio.ensure_future(conn.read_message())
+        post_id = _post_id(message)
+        if post_id is not None:
+            receipts.append(("ws", replica[0], post_id, t))
+        elif not replica[0] and '"hello"' in message:
+            replica[0] = json.loads(message)["replica"]
+            hello.append(replica[0])
+
+    conn = await websocket_connect(url + "/ws", on_message_callback=on_message)
+    await stop.wait()
     conn.close()
 
 
 async def _sio_client(
     url: str, token: str, receipts: list[Receipt], hello: list[str], stop: asyncio.Event
 ):
-    """A socket.io client speaking the protocol by hand: one coroutine, no thread per client."""
-    conn = await websocket_connect(url + "/socket.io/?EIO=4&transport=websocket")
-    opened = await conn.read_message()
-    if not opened or not opened.startswith("0"):
-        raise RuntimeError(f"not an engine.io open packet: {opened!r}")
-    conn.write_message("40" + json.dumps({"token": token}))
-    replica = ""
-    reader = asyncio.ensure_future(conn.read_message())
-    stopper = asyncio.ensure_future(stop.wait())
-    while True:
-        done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if stopper in done:
-            reader.cancel()
-            break
-        message = reader.result()
-        if message is None:
-            break
+    """A socket.io client speaking the protocol by hand: a callback per message, no thread."""
+    replica = [""]
+    conn: Any = None
+    unsent: list[str] = []  # replies to messages that came before websocket_connect returned
+    refused: list[str] = []
+
+    def send(reply: str) -> None:
+        if conn is None:
+            unsent.append(reply)
+        else:
+            conn.write_message(reply)
+
+    def on_message(message: str | bytes | None) -> None:
+        if not isinstance(message, str):
+            return
         t = time.time()
         if message == "2":  # engine.io ping
-            conn.write_message("3")
+            send("3")
+        elif message.startswith("0{"):  # engine.io open: log in
+            send("40" + json.dumps({"token": token}))
         elif message.startswith("42"):
-            name, data = json.loads(message[2:])[:2]
-            if name == "post.created":
-                receipts.append(("socket.io", replica, data["post"]["id"], t))
-            elif name == "hello":
-                replica = data["replica"]
-                hello.append(replica)
+            post_id = _post_id(message)
+            if post_id is not None:
+                receipts.append(("socket.io", replica[0], post_id, t))
+            elif '"hello"' in message:
+                replica[0] = json.loads(message[2:])[1]["replica"]
+                hello.append(replica[0])
         elif message.startswith("44"):
-            raise RuntimeError(f"socket.io connect refused: {message}")
-        reader = asyncio.ensure_future(conn.read_message())
+            refused.append(message)
+            stop.set()
+
+    conn = await websocket_connect(
+        url + "/socket.io/?EIO=4&transport=websocket", on_message_callback=on_message
+    )
+    for reply in unsent:
+        conn.write_message(reply)
+    await stop.wait()
     conn.close()
+    if refused:
+        raise RuntimeError(f"socket.io connect refused: {refused[0]}")
 
 
 def _worker(url: str, token: str, kinds: list[str], out: Any, stop_flag: Any) -> None:
@@ -166,7 +184,8 @@ def _post_steadily(session: requests.Session, url: str, rate: float, seconds: fl
                 failures.append(str(exc)[:120])
 
     start = time.monotonic()
-    with ThreadPoolExecutor(8) as pool:
+    # Enough threads to keep the schedule while each POST waits on a busy server.
+    with ThreadPoolExecutor(64) as pool:
         for i in range(int(rate * seconds)):
             delay = start + i / rate - time.monotonic()
             if delay > 0:
