@@ -97,6 +97,22 @@ swarm-down: ## Remove the Swarm stack (volumes kept), leave the swarm if swarm-u
 swarm-status: ## The Swarm stack's services, tasks and what is not ready
 	deploy/scripts/swarm.sh status
 
+# A cluster of three Docker engines in containers and a registry, on a private network; the
+# host's own engine joins no swarm. CLUSTER_NAME, CLUSTER_PORT etc.: see deploy/scripts/cluster.sh.
+.PHONY: cluster-up
+cluster-up: ## Start a three-node Swarm on this machine (engines in containers + a registry) for swarm-up
+	deploy/images/build.sh cluster
+	deploy/scripts/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## Remove that cluster: its nodes, registry, volumes and network
+	deploy/scripts/cluster.sh down
+
+.PHONY: cluster-status
+cluster-status: ## The cluster's containers, nodes, and their memory and CPU
+	deploy/scripts/cluster.sh status
+	deploy/scripts/cluster.sh stats
+
 ##@ Images
 
 .PHONY: images
