@@ -86,7 +86,7 @@ env: ## Create .env from .env.example with fresh secrets (once)
 ##@ Swarm
 
 .PHONY: swarm-up
-swarm-up: images env ## Deploy on Docker Swarm (a single-node swarm if none); the port is open on ALL interfaces
+swarm-up: images env ## Deploy on Docker Swarm: the cluster-up cluster if any, else this engine (a single-node swarm if none)
 	APP_REPLICAS=$(APP_REPLICAS) deploy/scripts/swarm.sh up
 
 .PHONY: swarm-down

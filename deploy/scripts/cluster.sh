@@ -139,7 +139,7 @@ write_state() {
     {
         echo "CLUSTER_NAME=$NAME"
         echo "CLUSTER_NODES=$NODES"
-        echo "CLUSTER_PORTS=${ports[*]}"
+        echo "CLUSTER_PORTS=\"${ports[*]}\""
         echo "CLUSTER_PUSH_REGISTRY=127.0.0.1:$REGISTRY_PORT"
         echo "CLUSTER_PULL_REGISTRY=registry:5000"
         echo "CLUSTER_UPLOADS=$UPLOADS_MOUNT"
