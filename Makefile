@@ -180,6 +180,15 @@ test-swarm: venv images ## The Swarm deployment test on a single-node swarm it c
 	$(PYTEST) tests/e2e/test_swarm.py
 	@grep -h "^FIGURE swarm" build/e2e-figures.txt 2>/dev/null || true
 
+# Alone, like test-swarm: three Docker engines in containers and the stack under load. The
+# machine's own engine joins no swarm; the cluster has its own name, network and free ports.
+.PHONY: test-cluster
+test-cluster: venv images ## The three-node Swarm test: deploy, drain, kill a node, roll, rejoin, lose Postgres's node
+	deploy/images/build.sh cluster
+	@sed -i '/^FIGURE cluster/d' build/e2e-figures.txt 2>/dev/null || true
+	$(PYTEST) tests/cluster
+	@grep -h "^FIGURE cluster" build/e2e-figures.txt 2>/dev/null || true
+
 .PHONY: faults
 faults: venv images ## Fault and attack tests on a test stack (K=postgres for one); prints the figures
 	$(MAKE) --no-print-directory test-stack-up

@@ -289,7 +289,7 @@ wait_nginx_cluster() {  # every running node's nginx answers through its port on
 # (127.0.0.1:PORT/path) and named as the nodes pull them (registry:5000/path): the same
 # repository path, so the same digest. Nothing is copied into a node by hand.
 push_images() {
-    local var default image path start=$SECONDS
+    local var default image path start=$SECONDS pids=() refs=() i
     for var in APP_IMAGE:flaskstack/app:local NGINX_STACK_IMAGE:flaskstack/nginx:local POSTGRES_IMAGE:postgres:17-trixie; do
         default=${var#*:} var=${var%%:*}
         [[ $var == POSTGRES_IMAGE && -n $(get DATABASE_URL) ]] && continue
@@ -299,12 +299,29 @@ push_images() {
         # A name that already has a registry host (a dot, a port or localhost before the first /).
         [[ $path == */* && ${path%%/*} =~ [.:]|^localhost$ ]] && path=${path#*/}
         host_docker tag "$image" "$CLUSTER_PUSH_REGISTRY/$path"
-        host_docker push -q "$CLUSTER_PUSH_REGISTRY/$path" >/dev/null ||
-            die "pushing $image to the cluster's registry ($CLUSTER_PUSH_REGISTRY) failed"
-        host_docker rmi "$CLUSTER_PUSH_REGISTRY/$path" >/dev/null  # the tag only
+        # Side by side: a first push compresses every layer, which is most of its time.
+        host_docker push -q "$CLUSTER_PUSH_REGISTRY/$path" >/dev/null &
+        pids+=($!) refs+=("$CLUSTER_PUSH_REGISTRY/$path")
         export "$var=$CLUSTER_PULL_REGISTRY/$path"
     done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || die "pushing ${refs[$i]} to the cluster's registry failed"
+        host_docker rmi "${refs[$i]}" >/dev/null  # the tag only
+    done
     note "images pushed to the cluster's registry in $((SECONDS - start)) s"
+}
+
+# Every node pulls the app and nginx images while Postgres and the migration start, rather
+# than each after the other once the rest is deployed (Swarm pulls when a task lands).
+PREPULL_PIDS=()
+prepull() {
+    local host image
+    for host in $(node_hosts); do
+        for image in "$APP_IMAGE" "$NGINX_STACK_IMAGE"; do
+            DOCKER_HOST=$host docker pull -q "$image" >/dev/null 2>&1 &
+            PREPULL_PIDS+=($!)
+        done
+    done
 }
 
 deploy() {  # deploy FILE_TEXT [--prune]
@@ -340,8 +357,11 @@ up() {
     # are): replicas of a new image start once the schema is migrated.
     note "deploying stack $STACK: postgres and migrate first"
     since=$(date -u +%Y-%m-%dT%H:%M:%S)
+    ((CLUSTER)) && prepull
     deploy "$first"
     wait_up "$since" "^${STACK}_(postgres|migrate):" "the migration"
+    # A failed pull here is Swarm's to report (and retry) when it places a task.
+    for pid in "${PREPULL_PIDS[@]}"; do wait "$pid" || true; done
     note "deploying stack $STACK"
     deploy "$rendered" --prune
     wait_up "$since"
