@@ -212,6 +212,14 @@ def wait(probe, timeout: float, what: str, poll: float = 0.5) -> float:
     return wait_for(probe, timeout, what, poll=poll)
 
 
+def healthy(url: str) -> bool:
+    """Whether a node's nginx answers /healthz through its port."""
+    try:
+        return requests.get(f"{url}/healthz", timeout=3).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def served(url: str, n: int) -> list[str]:
     """X-Served-By of n GETs to one node's port."""
     out = []
@@ -300,6 +308,7 @@ def test_2_drain_a_node_without_postgres_fails_no_request(cluster):
     victim = next(n for n in ("node3", "node2") if n != STATE["pg_node"])
     before = {r for r, n in cluster.replicas().items() if n == victim}
     assert before, f"{victim} runs no replica"
+    url = cluster.urls[int(victim[-1]) - 1]
     load = ClusterLoad(cluster.urls, STATE["users"], tag="ct2", **LOAD)
     with load:
         time.sleep(3)
@@ -312,11 +321,18 @@ def test_2_drain_a_node_without_postgres_fails_no_request(cluster):
 
         t_moved = wait(moved, 90, f"the replicas to leave {victim}")
         time.sleep(6)  # one nginx DNS refresh (5 s) after the move
+        t_active = time.time()
         cluster.docker("node", "update", "--availability", "active", victim)
+        # Active again: its nginx (global) starts there and answers on its port.
+        t_back = wait(lambda: healthy(url), 90, f"nginx on {victim} answering again")
         time.sleep(2)
     after = cluster.replicas()
     assert not before & set(after) and victim not in after.values()
-    figure("drain", f"{victim} drained: its replicas running elsewhere after {t_moved - t0:.1f} s")
+    figure(
+        "drain",
+        f"{victim} drained: its replicas running elsewhere after {t_moved - t0:.1f} s; "
+        f"made active again, its nginx answering after {t_back - t_active:.1f} s",
+    )
     figure("drain load", load.summary() + " " + load.account())
     for o in load.error_responses() + [a for r in load.failed_reads() for a in r][:10]:
         print("  ", o.describe())
@@ -439,13 +455,7 @@ def test_5_the_node_comes_back_rejoins_and_takes_work(cluster):
     run("docker", "start", f"{NAME}-{victim}", timeout=60)
     t_ready = wait(lambda: cluster.nodes()[victim]["status"] == "Ready", 90, f"{victim} ready")
 
-    def answers() -> bool:
-        try:
-            return requests.get(f"{url}/healthz", timeout=3).status_code == 200
-        except requests.RequestException:
-            return False
-
-    t_serving = wait(answers, 90, f"nginx on {victim} answering")
+    t_serving = wait(lambda: healthy(url), 90, f"nginx on {victim} answering")
     nodes = cluster.nodes()
     assert all(n["status"] == "Ready" for n in nodes.values()), nodes
     managers = cluster.docker("node", "ls", "--format", "{{.ManagerStatus}}").stdout.split()
