@@ -458,8 +458,12 @@ def test_5_the_node_comes_back_rejoins_and_takes_work(cluster):
     t_serving = wait(lambda: healthy(url), 90, f"nginx on {victim} answering")
     nodes = cluster.nodes()
     assert all(n["status"] == "Ready" for n in nodes.values()), nodes
-    managers = cluster.docker("node", "ls", "--format", "{{.ManagerStatus}}").stdout.split()
-    assert sorted(managers) == ["Leader", "Reachable", "Reachable"], managers
+
+    def managers() -> list[str]:
+        return sorted(cluster.docker("node", "ls", "--format", "{{.ManagerStatus}}").stdout.split())
+
+    # Raft reports the manager reachable a few seconds after the node itself is Ready.
+    t_manager = wait(lambda: managers() == ["Leader", "Reachable", "Reachable"], 60, "3 managers")
     # New replicas: the placement preference sends them to the node with fewest, the one back.
     # Swarm places a task as its scheduler sees the nodes at that moment, and right after a
     # return it has also placed one elsewhere: add replicas one at a time, up to two per node.
@@ -484,7 +488,8 @@ def test_5_the_node_comes_back_rejoins_and_takes_work(cluster):
     assert got & mine, f"no request reached {victim}'s replica {mine}"
     figure(
         "rejoin",
-        f"{victim} restarted: Ready after {t_ready - t0:.1f} s, its nginx answering "
+        f"{victim} restarted: Ready after {t_ready - t0:.1f} s, a reachable manager after "
+        f"{t_manager - t0:.1f} s, its nginx answering "
         f"after {t_serving - t0:.1f} s, a new replica on it after {t_replica - t0:.1f} s "
         f"(scaled to {scaled}) and serving",
     )
