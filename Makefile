@@ -87,7 +87,7 @@ env: ## Create .env from .env.example with fresh secrets (once)
 ##@ Swarm
 
 .PHONY: swarm-up
-swarm-up: images env ## Deploy on Docker Swarm (a single-node swarm if none); the port is open on ALL interfaces
+swarm-up: images env ## Deploy on Docker Swarm: the cluster-up cluster if any, else this engine (a single-node swarm if none)
 	APP_REPLICAS=$(APP_REPLICAS) deploy/scripts/swarm.sh up
 
 .PHONY: swarm-down
@@ -97,6 +97,22 @@ swarm-down: ## Remove the Swarm stack (volumes kept), leave the swarm if swarm-u
 .PHONY: swarm-status
 swarm-status: ## The Swarm stack's services, tasks and what is not ready
 	deploy/scripts/swarm.sh status
+
+# A cluster of three Docker engines in containers and a registry, on a private network; the
+# host's own engine joins no swarm. CLUSTER_NAME, CLUSTER_PORT etc.: see deploy/scripts/cluster.sh.
+.PHONY: cluster-up
+cluster-up: ## Start a three-node Swarm on this machine (engines in containers + a registry) for swarm-up
+	deploy/images/build.sh cluster
+	deploy/scripts/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## Remove that cluster: its nodes, registry, volumes and network
+	deploy/scripts/cluster.sh down
+
+.PHONY: cluster-status
+cluster-status: ## The cluster's containers, nodes, and their memory and CPU
+	deploy/scripts/cluster.sh status
+	deploy/scripts/cluster.sh stats
 
 ##@ Backups
 
@@ -160,7 +176,7 @@ lock: ## Re-lock requirements/*.lock from requirements/*.in (needs PyPI)
 ##@ Tests
 
 .PHONY: test
-test: lint test-unit test-integration test-e2e test-swarm ## The whole suite, as CI runs it (builds and starts what it needs)
+test: lint test-unit test-integration test-e2e test-swarm test-cluster ## The whole suite, as CI runs it (builds and starts what it needs)
 
 .PHONY: test-unit
 test-unit: venv ## Unit tests: SQLite, no Docker
@@ -187,6 +203,15 @@ test-e2e: venv images ## End-to-end tests against a test stack on ports 18080/15
 test-swarm: venv images ## The Swarm deployment test on a single-node swarm it creates and leaves
 	$(PYTEST) tests/e2e/test_swarm.py
 	@grep -h "^FIGURE swarm" build/e2e-figures.txt 2>/dev/null || true
+
+# Alone, like test-swarm: three Docker engines in containers and the stack under load. The
+# machine's own engine joins no swarm; the cluster has its own name, network and free ports.
+.PHONY: test-cluster
+test-cluster: venv images ## The three-node Swarm test: deploy, drain, kill a node, roll, rejoin, lose Postgres's node
+	deploy/images/build.sh cluster
+	@sed -i '/^FIGURE cluster/d' build/e2e-figures.txt 2>/dev/null || true
+	$(PYTEST) tests/cluster
+	@grep -h "^FIGURE cluster" build/e2e-figures.txt 2>/dev/null || true
 
 .PHONY: faults
 faults: venv images ## Fault and attack tests on a test stack (K=postgres for one); prints the figures

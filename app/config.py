@@ -40,6 +40,9 @@ ENV_DEFAULTS: dict[str, str | None] = {
     "LOG_FORMAT": "json",
     "BCRYPT_ROUNDS": None,
 }
+# Settings that may instead come from a file named by <KEY>_FILE (Docker and Swarm secrets,
+# mounted under /run/secrets/, which `docker inspect` does not show as environment variables).
+FILE_SETTINGS = ("SECRET_KEY", "JWT_SECRET_KEY", "DATABASE_URL", "ADMIN_PASSWORD")
 INT_SETTINGS = {
     "JWT_ACCESS_MINUTES": (1, 24 * 60),
     "DB_POOL_SIZE": (1, 1000),
@@ -61,6 +64,7 @@ def load_config(
 ) -> dict[str, Any]:
     """Return the Flask config built from the environment, then overrides, then checked."""
     settings: dict[str, Any] = {k: environ.get(k, v) for k, v in ENV_DEFAULTS.items()}
+    settings.update(_file_settings(environ))
     settings = {
         k: (None if v == "" and ENV_DEFAULTS[k] is None else v) for k, v in settings.items()
     }
@@ -95,6 +99,22 @@ def load_config(
     # Flask-level overrides (e.g. SQLALCHEMY_ENGINE_OPTIONS in a test) win over derived values.
     config.update({k: v for k, v in (overrides or {}).items() if k not in ENV_DEFAULTS})
     return config
+
+
+def _file_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """Read each <KEY>_FILE that is set; its content, without the final newline, is KEY."""
+    found = {}
+    for key in FILE_SETTINGS:
+        path = environ.get(f"{key}_FILE")
+        if not path:
+            continue
+        if environ.get(key):
+            raise ConfigError(f"set {key} or {key}_FILE, not both")
+        try:
+            found[key] = Path(path).read_text(encoding="utf-8").rstrip("\n")
+        except OSError as exc:
+            raise ConfigError(f"{key}_FILE: cannot read {path} ({exc.strerror})") from None
+    return found
 
 
 def database_uri(url: str | None, instance_path: str) -> str:

@@ -10,6 +10,8 @@
 #   build.sh status   what each image name resolves to now.
 #   build.sh names    the image names in use, as NAME=value lines.
 #   build.sh clean    remove the stand-ins (only images labelled org.flaskstack.standin=true).
+#   build.sh cluster  DIND_IMAGE and REGISTRY_IMAGE, the same way, for `make cluster-up`: Docker
+#                     engines in containers (Swarm nodes) and the registry they pull from.
 #
 # Every step is idempotent: a second run rebuilds nothing and says so. A stand-in is rebuilt only
 # when its recipe (this script's code or the files under deploy/images/<kind>/) changed.
@@ -27,6 +29,8 @@ IMAGES_PULL=${IMAGES_PULL:-1}          # 0: never try the registry, go straight 
 IMAGES_PARALLEL=${IMAGES_PARALLEL:-1}  # 0: build the stand-ins one after the other
 LABEL=org.flaskstack.standin
 KINDS=(python nginx postgres)
+# `build.sh cluster`: the nodes and the registry of the three-node test cluster (cluster.sh).
+CLUSTER_KINDS=(dind registry)
 
 # ---------------------------------------------------------------------------------------------
 # Output and helpers
@@ -56,12 +60,18 @@ image_name() {
 PYTHON_IMAGE=$(image_name PYTHON_IMAGE python:3.13-slim-trixie)
 NGINX_IMAGE=$(image_name NGINX_IMAGE nginx:1.30-trixie)
 POSTGRES_IMAGE=$(image_name POSTGRES_IMAGE postgres:17-trixie)
+# The cluster's: no official image runs an engine without --privileged, so the node is always
+# this project's own; the registry is the official one when it can be pulled.
+DIND_IMAGE=$(image_name DIND_IMAGE flaskstack/dind:26-trixie)
+REGISTRY_IMAGE=$(image_name REGISTRY_IMAGE registry:2.8.3)
 
 image_of() {
 	case $1 in
 	python) echo "$PYTHON_IMAGE" ;;
 	nginx) echo "$NGINX_IMAGE" ;;
 	postgres) echo "$POSTGRES_IMAGE" ;;
+	dind) echo "$DIND_IMAGE" ;;
+	registry) echo "$REGISTRY_IMAGE" ;;
 	esac
 }
 
@@ -77,6 +87,8 @@ recipe_packages() {
 	python) echo python3,python3-venv,python-is-python3 ;;
 	nginx) echo nginx,gettext-base ;;
 	postgres) echo postgresql-17 ;;
+	dind) echo docker.io,docker-cli,iptables ;;
+	registry) echo docker-registry ;;
 	esac
 }
 
@@ -193,6 +205,42 @@ nginx_configure() {
 	echo "$version"
 }
 
+# The cluster's stand-ins (`build.sh cluster`), with their import settings in
+# <kind>_import_changes.
+
+dind_configure() {
+	local r=${1:?} version
+	version=$(chroot "$r" dockerd --version | sed -n 's/^Docker version \([0-9.]*\).*/\1/p')
+	rootfs_require_version "dockerd" "$version" 26.0 >/dev/null
+	install -m 0755 "$HERE/dind/dind-entrypoint.sh" "$r/usr/local/bin/dind-entrypoint"
+	install -d -m 0710 "$r/var/lib/docker"
+	echo "$version"
+}
+
+dind_import_changes() {
+	printf '%s\n' "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		"ENV DOCKER_VERSION=$1" 'VOLUME /var/lib/docker' \
+		'ENTRYPOINT ["dind-entrypoint"]' 'CMD []'
+}
+
+registry_configure() {
+	local r=${1:?} version
+	# "docker-registry github.com/docker/distribution 2.8.3+ds1" or "... v2.8.3".
+	version=$(chroot "$r" docker-registry --version | sed -n 's/.* v\{0,1\}\([0-9][0-9.]*\).*/\1/p')
+	rootfs_require_version "docker-registry" "$version" 2.8 2. >/dev/null
+	# The official image's command name and configuration path.
+	ln -sf /usr/bin/docker-registry "$r/usr/local/bin/registry"
+	install -d -m 0755 "$r/etc/docker/registry" "$r/var/lib/registry"
+	install -m 0644 "$HERE/registry/config.yml" "$r/etc/docker/registry/config.yml"
+	echo "$version"
+}
+
+registry_import_changes() {
+	printf '%s\n' "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		'VOLUME /var/lib/registry' 'EXPOSE 5000' \
+		'ENTRYPOINT ["registry", "serve"]' 'CMD ["/etc/docker/registry/config.yml"]'
+}
+
 postgres_configure() {
 	local r=${1:?} version old_uid old_gid
 	version=$(chroot "$r" /usr/lib/postgresql/17/bin/postgres --version | awk '{print $3}')
@@ -307,6 +355,8 @@ smoke_test() {
 	python) docker run --rm --network none "$image" sh -c 'python3 -m venv /tmp/v && /tmp/v/bin/python -V' ;;
 	nginx) docker run --rm --network none "$image" nginx -t -q ;;
 	postgres) docker run --rm --network none --user 999:999 "$image" sh -c 'postgres --version && pg_isready --version' ;;
+	dind) docker run --rm --network none --entrypoint sh "$image" -c 'dockerd --version && docker --version && iptables --version' ;;
+	registry) docker run --rm --network none --entrypoint sh "$image" -c 'registry --version && test -f /etc/docker/registry/config.yml' ;;
 	esac
 }
 
@@ -328,7 +378,15 @@ build_standin() {
 
 	t=$(now_ms)
 	local changes=()
-	while IFS= read -r line; do changes+=(--change "$line"); done < <(import_changes "$kind" "$version")
+	while IFS= read -r line; do changes+=(--change "$line"); done < <(
+		# A kind with its own <kind>_import_changes (the cluster's) leaves import_changes, part
+		# of every base image's recipe hash, unchanged.
+		if declare -F "${kind}_import_changes" >/dev/null; then
+			"${kind}_import_changes" "$version"
+		else
+			import_changes "$kind" "$version"
+		fi
+	)
 	changes+=(--change "LABEL $LABEL=true" --change "LABEL $LABEL.recipe=$hash"
 		--change "LABEL $LABEL.suite=$(recipe_suite "$kind")" --change "LABEL $LABEL.version=$version")
 	ids+=("$(as_root tar --numeric-owner -C "$dir/rootfs" -cf - . | docker import "${changes[@]}" -)")
@@ -537,6 +595,8 @@ main() {
 	status) cmd_status ;;
 	names) printf 'PYTHON_IMAGE=%s\nNGINX_IMAGE=%s\nPOSTGRES_IMAGE=%s\n' "$PYTHON_IMAGE" "$NGINX_IMAGE" "$POSTGRES_IMAGE" ;;
 	clean) cmd_clean ;;
+	cluster) KINDS=("${CLUSTER_KINDS[@]}") && cmd_base ;;
+	names-cluster) printf 'DIND_IMAGE=%s\nREGISTRY_IMAGE=%s\n' "$DIND_IMAGE" "$REGISTRY_IMAGE" ;;
 	_standin) build_standin "$@" ;;
 	_rootfs) cmd_rootfs "$@" ;;
 	_rmtree) cmd_rmtree "$@" ;;

@@ -3,8 +3,15 @@
 # plus docker-compose.swarm.yml (and docker-compose.swarm.postgres.yml with the bundled
 # Postgres), rendered with the same env file and deployed as a stack.
 #
+# Where: the three-node cluster `make cluster-up` started (deploy/scripts/cluster.sh), when its
+# state file exists; otherwise this machine's engine. On the cluster, swarm.sh talks to a
+# manager through its socket, pushes the images to the cluster's registry (the nodes pull them
+# from there), publishes nginx on every node, each node's port reaching this machine on
+# 127.0.0.1 only, and adds docker-compose.swarm.cluster.yml (the shared uploads volume).
+#
 #   swarm.sh up             join nothing, init a single-node swarm if this node is in none,
-#                           deploy (or update) the stack, wait until every service is healthy
+#                           deploy (or update) Postgres and the migration, wait until the
+#                           migration completed, then the rest: wait until all is healthy
 #   swarm.sh down [-v]      remove the stack (-v: and its volumes), wait until it is gone, and
 #                           leave the swarm if `up` created it and nothing else runs in it
 #   swarm.sh status         the stack's services and tasks
@@ -23,7 +30,11 @@
 #   SWARM_RESOLVE_IMAGE (never)     `docker stack deploy --resolve-image`: never uses the local
 #                                   images; always/changed for images in a registry
 #   SWARM_TIMEOUT (300)             seconds `up` waits for the services, `down` for removal
-#   SWARM_STATE_DIR (build/swarm)   where `up` remembers that it created the swarm
+#   SWARM_STATE_DIR (build/swarm)   where `up` remembers that it created the swarm, and the
+#                                   secrets' files (mode 0600) the CLI reads when deploying
+#   SWARM_CLUSTER (auto)            auto: the cluster if build/cluster/CLUSTER_NAME/cluster.env
+#                                   exists (CLUSTER_NAME: flaskstack-cluster), else this engine;
+#                                   1: the cluster or fail; 0: this engine
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -45,6 +56,33 @@ PG_LABEL=flaskstack.postgres
 
 die() { echo "swarm.sh: $*" >&2; exit 1; }
 note() { echo "swarm.sh: $*"; }
+
+# The cluster, if there is one to use: its state file gives the nodes' ports and sockets and the
+# registry's two names (cluster.sh writes it).
+CLUSTER_NAME=${CLUSTER_NAME:-flaskstack-cluster}
+CLUSTER_STATE_DIR=$(realpath -m "${CLUSTER_STATE_DIR:-$ROOT/build/cluster/$CLUSTER_NAME}")
+export CLUSTER_NAME CLUSTER_STATE_DIR
+CLUSTER=0
+case ${SWARM_CLUSTER:-auto} in
+    0) ;;
+    auto) [[ -f $CLUSTER_STATE_DIR/cluster.env ]] && CLUSTER=1 ;;
+    *) [[ -f $CLUSTER_STATE_DIR/cluster.env ]] || die "no cluster $CLUSTER_NAME: make cluster-up"
+       CLUSTER=1 ;;
+esac
+if ((CLUSTER)); then
+    # shellcheck source=/dev/null  # written by cluster.sh
+    source "$CLUSTER_STATE_DIR/cluster.env"
+    HOST_DOCKER_HOST=${DOCKER_HOST:-}
+    DOCKER_HOST=$("$SCRIPTS/cluster.sh" manager) || die "no manager of cluster $CLUSTER_NAME answers"
+    # nginx publishes 8080 on each node (host mode: no routing mesh without IPVS); each node
+    # container publishes that on 127.0.0.1 of this machine (CLUSTER_PORTS). Images come from
+    # the cluster's registry, by digest, so a pushed rebuild rolls out.
+    SWARM_PORT=8080 SWARM_PUBLISH_MODE=host SWARM_RESOLVE_IMAGE=always
+    export DOCKER_HOST CLUSTER_UPLOADS SWARM_PORT SWARM_PUBLISH_MODE SWARM_RESOLVE_IMAGE
+fi
+host_docker() {  # this machine's engine, whichever engine the rest of the script talks to
+    if ((CLUSTER)); then DOCKER_HOST=$HOST_DOCKER_HOST command docker "$@"; else docker "$@"; fi
+}
 
 swarm_state() { docker info --format '{{.Swarm.LocalNodeState}}'; }
 cluster_id() { docker info --format '{{if .Swarm.Cluster}}{{.Swarm.Cluster.ID}}{{end}}'; }
@@ -94,9 +132,11 @@ render() {  # the deployable stack file on stdout
     SWARM_PORT=$(get SWARM_PORT "$(get STACK_PORT 8080)")
     SWARM_PUBLISH_MODE=$(get SWARM_PUBLISH_MODE host)
     SWARM_RESOLVE_IMAGE=$(get SWARM_RESOLVE_IMAGE never)
-    export SWARM_PORT SWARM_PUBLISH_MODE SWARM_RESOLVE_IMAGE
+    SWARM_SECRETS_DIR=$STATE_DIR/secrets/$STACK SWARM_STACK=$STACK
+    export SWARM_PORT SWARM_PUBLISH_MODE SWARM_RESOLVE_IMAGE SWARM_SECRETS_DIR SWARM_STACK
     local files=(-f docker-compose.swarm.yml)
     [[ -z $(get DATABASE_URL) ]] && files+=(-f docker-compose.swarm.postgres.yml)
+    ((CLUSTER)) && files+=(-f docker-compose.swarm.cluster.yml)
     PROJECT=$STACK "$STACK_SH" compose "${files[@]}" config | "$py" "$SCRIPTS/swarm_render.py"
 }
 
@@ -173,18 +213,21 @@ pending() {
         echo
         # shellcheck disable=SC2086
         if [[ -n $tasks ]]; then docker inspect $tasks; else echo '[]'; fi
-    } | python3 "$SCRIPTS/swarm_status.py" "$1"
+        echo
+        # shellcheck disable=SC2046  # one id per word
+        docker node inspect $(docker node ls -q)
+    } | python3 "$SCRIPTS/swarm_status.py" "$1" | { grep -E "${2:-.}" || true; }
 }
 
-wait_up() {  # wait_up SINCE: until pending reports nothing
+wait_up() {  # wait_up SINCE [PATTERN]: until pending reports nothing (matching PATTERN)
     local start=$SECONDS last=-10 out
     while true; do
-        out=$(pending "$1")
+        out=$(pending "$1" "${2:-}")
         if [[ -z $out && -n $(service_names) ]]; then
-            note "all services up after $((SECONDS - start)) s"
+            note "${3:-all services} up after $((SECONDS - start)) s"
             return 0
         fi
-        if grep -q '^FATAL$' <<<"$out"; then
+        if grep -q '^FATAL$' <<<"$out" || { [[ -n ${2:-} ]] && pending "$1" '^FATAL$' | grep -q .; }; then
             grep -v '^FATAL$' <<<"$out" >&2
             die "the update failed; see \`docker service ps --no-trunc <service>\`"
         fi
@@ -207,6 +250,10 @@ wait_up() {  # wait_up SINCE: until pending reports nothing
 
 wait_nginx() {  # healthy tasks are in Swarm's DNS; nginx re-resolves `app` within 5 s
     local port=$1 start=$SECONDS
+    if ((CLUSTER)); then
+        wait_nginx_cluster
+        return
+    fi
     if [[ $(get SWARM_PUBLISH_MODE host) == host &&
         -z $(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_nginx") ]]; then
         note "nginx runs on another node: not checked from here"
@@ -222,15 +269,78 @@ wait_nginx() {  # healthy tasks are in Swarm's DNS; nginx re-resolves `app` with
     done
 }
 
+node_running() {  # node_running I: whether the cluster's node container I runs
+    [[ $(host_docker inspect -f '{{.State.Running}}' "$CLUSTER_NAME-node$1" 2>/dev/null) == true ]]
+}
+
+wait_nginx_cluster() {  # every running node's nginx answers through its port on 127.0.0.1
+    local start=$SECONDS i=0 port
+    for port in $CLUSTER_PORTS; do
+        i=$((i + 1))
+        node_running "$i" || { note "node$i is not running: 127.0.0.1:$port not checked"; continue; }
+        until python3 "$SCRIPTS/swarm_probe.py" "http://127.0.0.1:$port/healthz" 2>/dev/null; do
+            ((SECONDS - start > 60)) && die "nginx on node$i does not answer on 127.0.0.1:$port after 60 s"
+            sleep 1
+        done
+    done
+}
+
+# The images the stack runs, pushed to the cluster's registry from this machine's engine
+# (127.0.0.1:PORT/path) and named as the nodes pull them (registry:5000/path): the same
+# repository path, so the same digest. Nothing is copied into a node by hand.
+push_images() {
+    local var default image path start=$SECONDS pids=() refs=() i
+    for var in APP_IMAGE:flaskstack/app:local NGINX_STACK_IMAGE:flaskstack/nginx:local POSTGRES_IMAGE:postgres:17-trixie; do
+        default=${var#*:} var=${var%%:*}
+        [[ $var == POSTGRES_IMAGE && -n $(get DATABASE_URL) ]] && continue
+        image=$(get "$var" "$default")
+        host_docker image inspect "$image" >/dev/null 2>&1 || die "image $image ($var) is not on this machine: make images"
+        path=$image
+        # A name that already has a registry host (a dot, a port or localhost before the first /).
+        [[ $path == */* && ${path%%/*} =~ [.:]|^localhost$ ]] && path=${path#*/}
+        host_docker tag "$image" "$CLUSTER_PUSH_REGISTRY/$path"
+        # Side by side: a first push compresses every layer, which is most of its time.
+        host_docker push -q "$CLUSTER_PUSH_REGISTRY/$path" >/dev/null &
+        pids+=($!) refs+=("$CLUSTER_PUSH_REGISTRY/$path")
+        export "$var=$CLUSTER_PULL_REGISTRY/$path"
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || die "pushing ${refs[$i]} to the cluster's registry failed"
+        host_docker rmi "${refs[$i]}" >/dev/null  # the tag only
+    done
+    note "images pushed to the cluster's registry in $((SECONDS - start)) s"
+}
+
+# Every node pulls the app and nginx images while Postgres and the migration start, rather
+# than each after the other once the rest is deployed (Swarm pulls when a task lands).
+PREPULL_PIDS=()
+prepull() {
+    local host image
+    for host in $(node_hosts); do
+        for image in "$APP_IMAGE" "$NGINX_STACK_IMAGE"; do
+            DOCKER_HOST=$host docker pull -q "$image" >/dev/null 2>&1 &
+            PREPULL_PIDS+=($!)
+        done
+    done
+}
+
+deploy() {  # deploy FILE_TEXT [--prune]
+    docker stack deploy --detach=true ${2:+"$2"} --resolve-image "$(get SWARM_RESOLVE_IMAGE never)" \
+        -c - "$STACK" <<<"$1" | sed 's/^/  /'
+}
+
 up() {
     command -v docker >/dev/null || die "docker not found"
     docker stack --help >/dev/null 2>&1 || die "this docker CLI has no \`docker stack\`"
     "$STACK_SH" env
-    local port rendered since
+    local port rendered first since py
     port=$(get SWARM_PORT "$(get STACK_PORT 8080)")
+    ((CLUSTER)) && push_images
     # Render first: a broken env file fails here, before a swarm is created.
     rendered=$(render) || die "rendering the compose files failed"
-    check_port_free "$port"
+    py=$(python_with_yaml)
+    first=$("$py" "$SCRIPTS/swarm_render.py" --only postgres,migrate <<<"$rendered")
+    ((CLUSTER)) || check_port_free "$port"
     ensure_swarm
     label_postgres_node
     # A one-shot's completed task leaves its slot empty, so an update would not run it again:
@@ -243,12 +353,31 @@ up() {
             docker service rm "$svc" >/dev/null
         fi
     done
-    note "deploying stack $STACK"
+    # First Postgres and the migration only (the other services, if deployed, stay as they
+    # are): replicas of a new image start once the schema is migrated.
+    note "deploying stack $STACK: postgres and migrate first"
     since=$(date -u +%Y-%m-%dT%H:%M:%S)
-    docker stack deploy --detach=true --prune --resolve-image "$(get SWARM_RESOLVE_IMAGE never)" \
-        -c - "$STACK" <<<"$rendered" | sed 's/^/  /'
+    ((CLUSTER)) && prepull
+    deploy "$first"
+    wait_up "$since" "^${STACK}_(postgres|migrate):" "the migration"
+    # A failed pull here is Swarm's to report (and retry) when it places a task.
+    for pid in "${PREPULL_PIDS[@]}"; do wait "$pid" || true; done
+    note "deploying stack $STACK"
+    deploy "$rendered" --prune
     wait_up "$since"
     wait_nginx "$port"
+    remove_old_secrets "$rendered"
+    if ((CLUSTER)); then
+        cat <<TXT
+
+  stack $STACK on cluster $CLUSTER_NAME ($(docker node ls -q | wc -l) nodes, $(docker service inspect -f '{{.Spec.Mode.Replicated.Replicas}}' "${STACK}_app") app replicas, nginx on every node):
+  $(for p in $CLUSTER_PORTS; do printf 'http://127.0.0.1:%s/ ' "$p"; done)
+  admin user: $(get ADMIN_USERNAME admin), password in $ENV_FILE
+  tasks: deploy/scripts/swarm.sh status    nodes: DOCKER_HOST=\$(deploy/scripts/cluster.sh manager) docker node ls
+
+TXT
+        return 0
+    fi
     cat <<TXT
 
   stack $STACK on Swarm (nginx → $(docker service inspect -f '{{.Spec.Mode.Replicated.Replicas}}' "${STACK}_app") app replicas): http://127.0.0.1:$port/
@@ -257,6 +386,32 @@ up() {
   tasks: deploy/scripts/swarm.sh status    logs: docker service logs ${STACK}_app
 
 TXT
+}
+
+node_hosts() {  # DOCKER_HOST of every engine that holds the stack's containers and volumes
+    local i=0 port var
+    if ((CLUSTER == 0)); then
+        echo "${DOCKER_HOST:-unix:///var/run/docker.sock}"
+        return
+    fi
+    for port in $CLUSTER_PORTS; do
+        i=$((i + 1))
+        var=CLUSTER_NODE${i}_HOST
+        node_running "$i" && echo "${!var}"
+    done
+    : "$port"
+}
+
+each_node() {  # each_node CMD...: run CMD against every engine of node_hosts
+    local host
+    for host in $(node_hosts); do DOCKER_HOST=$host "$@"; done
+}
+
+remove_old_secrets() {  # a changed value is a new secret: remove the stack's unused old ones
+    local name
+    for name in $(docker secret ls --filter "label=$LABEL" --format '{{.Name}}'); do
+        grep -qF "name: $name" <<<"$1" || docker secret rm "$name" >/dev/null 2>&1 || true
+    done
 }
 
 down() {
@@ -271,7 +426,7 @@ down() {
         fi
         # Tasks drain (app replicas within their 30 s grace), then networks go.
         while true; do
-            left=$(docker ps -aq --filter "label=$LABEL" | wc -l)
+            left=$(each_node docker ps -aq --filter "label=$LABEL" | wc -l)
             left=$((left + $(docker network ls -q --filter "label=$LABEL" | wc -l)))
             ((left == 0)) && break
             if ((SECONDS - start > TIMEOUT)); then
@@ -285,13 +440,15 @@ down() {
     fi
     if ((volumes)); then
         # Swarm keeps named volumes: removed only on request (they hold the database).
-        local vols
-        vols=$(docker volume ls -q --filter "label=$LABEL")
-        if [[ -n $vols ]]; then
-            # shellcheck disable=SC2086  # one id per word
-            docker volume rm $vols >/dev/null
-            note "removed volumes: $(tr '\n' ' ' <<<"$vols")"
-        fi
+        local vols host
+        for host in $(node_hosts); do
+            vols=$(DOCKER_HOST=$host docker volume ls -q --filter "label=$LABEL")
+            if [[ -n $vols ]]; then
+                # shellcheck disable=SC2086  # one id per word
+                DOCKER_HOST=$host docker volume rm $vols >/dev/null
+                note "removed volumes: $(tr '\n' ' ' <<<"$vols")"
+            fi
+        done
     fi
     leave_if_ours
 }

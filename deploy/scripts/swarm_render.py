@@ -7,18 +7,26 @@ deploy/scripts/swarm.sh (`render`, and so `up`) pipes `docker compose config` th
 The stack file goes to stdout and every compose key lost without a replacement to stderr; a
 port Swarm cannot publish or a local image that is missing ends the run with exit status 1 and
 a message. The interpreter needs PyYAML (swarm.sh picks one that has it). Settings, from the
-environment: SWARM_PUBLISH_MODE (host) for ports converted from compose's short form, and
-SWARM_RESOLVE_IMAGE (never), with which each service is labelled with its local image's id.
+environment: SWARM_PUBLISH_MODE (host) for ports converted from compose's short form,
+SWARM_RESOLVE_IMAGE (never), with which each service is labelled with its local image's id, and
+SWARM_SECRETS_DIR with SWARM_STACK: where the secrets' files are written (see `to_secrets`).
 What is dropped or rewritten, and why, is listed in swarm.sh above its `render`.
+
+    python3 deploy/scripts/swarm_render.py --only postgres,migrate <stack.yml
+
+prints a rendered stack file with only the services named (swarm.sh deploys those first, so the
+migration has run before any replica of a new image starts).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -26,6 +34,10 @@ import yaml
 # Keys Swarm ignores or refuses and that need no replacement here (swarm.sh says why).
 DROPPED = ("shm_size", "restart", "security_opt", "build", "depends_on", "dns_opt")
 IMAGE_ID_LABEL = "org.flaskstack.image-id"
+# Environment variables that go to Swarm as secrets: the service gets <KEY>_FILE, a file under
+# /run/secrets, instead (the app and the Postgres image read both forms), so neither
+# `docker inspect` nor `docker service inspect` shows them.
+SECRET_ENV = ("SECRET_KEY", "JWT_SECRET_KEY", "DATABASE_URL", "ADMIN_PASSWORD", "POSTGRES_PASSWORD")
 SHORT_PORT = re.compile(r"(?:(.*):)?(\d+):(\d+)(?:/(tcp|udp))?")
 
 
@@ -114,6 +126,47 @@ def label_image(name: str, svc: dict[str, Any], image_id: Callable[[str], str]) 
     labels[IMAGE_ID_LABEL] = found
 
 
+def to_secrets(doc: dict[str, Any], secrets_dir: Path, prefix: str) -> None:
+    """Move the SECRET_ENV values of every service into Swarm secrets, in place.
+
+    Each value is written to `secrets_dir/<key>` (mode 0600) and declared as a secret named
+    `<prefix>_<key>_<hash of the value>`: a Swarm secret cannot change, so a new value is a new
+    secret, and a redeploy with the same values changes nothing.
+    """
+    values: dict[str, str] = {}
+    for name, svc in doc.get("services", {}).items():
+        env = svc.get("environment")
+        if isinstance(env, list):  # compose's list form: KEY=value
+            env = svc["environment"] = dict(item.split("=", 1) for item in env)
+        for key in SECRET_ENV:
+            value = (env or {}).get(key)
+            if not value:
+                continue
+            sid = key.lower()
+            if values.setdefault(sid, value) != value:
+                raise RenderError(f"swarm.sh: {key} of {name} differs from another service's")
+            del env[key]
+            env[f"{key}_FILE"] = f"/run/secrets/{sid}"
+            svc.setdefault("secrets", []).append({"source": sid, "target": sid})
+    if not values:
+        return
+    secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    declared = doc.setdefault("secrets", {})
+    for sid, value in values.items():
+        path = secrets_dir / sid
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(value)
+        digest = hashlib.sha256(value.encode()).hexdigest()[:12]
+        declared[sid] = {"name": f"{prefix}_{sid}_{digest}", "file": str(path)}
+
+
+def only(doc: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The stack file `doc` with only the services `names` (those it has)."""
+    doc["services"] = {k: v for k, v in doc.get("services", {}).items() if k in names}
+    return doc
+
+
 def to_stack(doc: dict[str, Any], mode: str, image_id: Callable[[str], str] | None) -> list[str]:
     """Rewrite the compose document `doc` in place for Swarm; return what was lost.
 
@@ -142,10 +195,16 @@ def to_stack(doc: dict[str, Any], mode: str, image_id: Callable[[str], str] | No
 def main() -> int:
     """Read the compose file on stdin, write the stack file to stdout."""
     doc = yaml.safe_load(sys.stdin)
+    if sys.argv[1:2] == ["--only"]:
+        yaml.safe_dump(only(doc, sys.argv[2].split(",")), sys.stdout, sort_keys=False)
+        return 0
     mode = os.environ.get("SWARM_PUBLISH_MODE", "host")
     local = os.environ.get("SWARM_RESOLVE_IMAGE", "never") == "never"
+    secrets_dir = os.environ.get("SWARM_SECRETS_DIR")
     try:
         lost = to_stack(doc, mode, local_image_id if local else None)
+        if secrets_dir:
+            to_secrets(doc, Path(secrets_dir), os.environ.get("SWARM_STACK", "flaskstack-swarm"))
     except RenderError as exc:
         sys.exit(str(exc))
     for line in lost:

@@ -101,6 +101,8 @@ def swarm_stack(tmp_path_factory) -> Deployment:
     env.update(
         ENV_FILE=str(env_file),
         SWARM_STACK=STACK,
+        # This engine's own single-node swarm, even when `make cluster-up` left a cluster.
+        SWARM_CLUSTER="0",
         # Outside the tmp dir: a run after an interrupted one still finds the note that the
         # swarm was created by this test, and leaves it.
         SWARM_STATE_DIR=str(ROOT / "build" / "swarm-test"),

@@ -140,3 +140,28 @@ def test_logging_leaves_a_hosts_handlers_alone(app_factory) -> None:
         assert root.level == logging.ERROR
     finally:
         root.removeHandler(host_handler)
+
+
+def test_secrets_can_come_from_files(tmp_path: Path) -> None:
+    """Swarm secrets: <KEY>_FILE names a file under /run/secrets holding the value."""
+    (tmp_path / "secret_key").write_text(STRONG + "\n")
+    (tmp_path / "jwt").write_text(STRONG[::-1])
+    (tmp_path / "db").write_text("postgresql://app:pw@postgres:5432/app\n")
+    env = {
+        "APP_ENV": "production",
+        "SECRET_KEY_FILE": str(tmp_path / "secret_key"),
+        "JWT_SECRET_KEY_FILE": str(tmp_path / "jwt"),
+        "DATABASE_URL_FILE": str(tmp_path / "db"),
+    }
+    config = load_config(None, str(tmp_path), environ=env)
+    assert config["SECRET_KEY"] == STRONG
+    assert config["JWT_SECRET_KEY"] == STRONG[::-1]
+    assert config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql+psycopg2://app:pw@postgres")
+
+
+def test_a_secret_file_refuses_ambiguity_and_absence(tmp_path: Path) -> None:
+    missing = str(tmp_path / "absent")
+    with pytest.raises(ConfigError, match="SECRET_KEY_FILE: cannot read"):
+        load_config(None, str(tmp_path), environ=prod(SECRET_KEY="", SECRET_KEY_FILE=missing))
+    with pytest.raises(ConfigError, match="set SECRET_KEY or SECRET_KEY_FILE, not both"):
+        load_config(None, str(tmp_path), environ=prod(SECRET_KEY_FILE=missing))

@@ -292,6 +292,58 @@ def render(text: str, mode: str = "host", image_id: Any = IMAGE_IDS.get) -> tupl
     return doc, lost
 
 
+def test_render_moves_secret_environment_into_swarm_secrets(tmp_path: Path) -> None:
+    doc = {
+        "services": {
+            "app": {"environment": {"SECRET_KEY": "s" * 40, "LOG_LEVEL": "INFO"}},
+            "migrate": {"environment": ["SECRET_KEY=" + "s" * 40, "DATABASE_URL=postgresql://x"]},
+            "postgres": {"environment": {"POSTGRES_PASSWORD": "pw", "POSTGRES_USER": "app"}},
+            "nginx": {"environment": {"DATABASE_URL": ""}},
+        }
+    }
+    swarm_render.to_secrets(doc, tmp_path / "secrets", "st")
+    app, migrate = doc["services"]["app"], doc["services"]["migrate"]
+    assert app["environment"] == {"LOG_LEVEL": "INFO", "SECRET_KEY_FILE": "/run/secrets/secret_key"}
+    assert app["secrets"] == [{"source": "secret_key", "target": "secret_key"}]
+    assert migrate["environment"] == {
+        "SECRET_KEY_FILE": "/run/secrets/secret_key",
+        "DATABASE_URL_FILE": "/run/secrets/database_url",
+    }
+    assert doc["services"]["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == (
+        "/run/secrets/postgres_password"
+    )
+    assert "secrets" not in doc["services"]["nginx"]  # an empty value is no secret
+    assert sorted(doc["secrets"]) == ["database_url", "postgres_password", "secret_key"]
+    secret = doc["secrets"]["secret_key"]
+    assert secret["name"].startswith("st_secret_key_") and len(secret["name"]) == 14 + 12
+    path = Path(secret["file"])
+    assert path.read_text() == "s" * 40
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "secrets").stat().st_mode & 0o777 == 0o700
+    # Another value: another secret (Swarm secrets cannot change), the same value: the same.
+    again = {"services": {"app": {"environment": {"SECRET_KEY": "t" * 40}}}}
+    swarm_render.to_secrets(again, tmp_path / "secrets", "st")
+    assert again["secrets"]["secret_key"]["name"] != secret["name"]
+
+
+def test_render_refuses_a_secret_that_differs_between_services(tmp_path: Path) -> None:
+    doc = {
+        "services": {
+            "app": {"environment": {"SECRET_KEY": "a" * 40}},
+            "migrate": {"environment": {"SECRET_KEY": "b" * 40}},
+        }
+    }
+    with pytest.raises(swarm_render.RenderError, match="SECRET_KEY of migrate differs"):
+        swarm_render.to_secrets(doc, tmp_path, "st")
+
+
+def test_render_only_keeps_the_services_named() -> None:
+    doc, _ = render(COMPOSE_V2)
+    first = swarm_render.only(doc, ["postgres", "migrate", "absent"])
+    assert list(first["services"]) == ["migrate", "postgres"]
+    assert "networks" in first and "volumes" in first
+
+
 def test_render_leaves_out_services_with_zero_replicas_and_compose_v2_name() -> None:
     doc, _ = render(COMPOSE_V2)
     assert list(doc["services"]) == ["app", "migrate", "nginx", "postgres"]
@@ -735,8 +787,42 @@ def inspect_output(services: list, tasks: list) -> str:
 
 def test_status_reads_both_inspect_arrays() -> None:
     services, tasks = healthy_stack()
-    assert swarm_status.read_documents(inspect_output(services, tasks)) == (services, tasks)
-    assert swarm_status.read_documents(inspect_output(services, [])) == (services, [])
+    assert swarm_status.read_documents(inspect_output(services, tasks)) == (services, tasks, None)
+    assert swarm_status.read_documents(inspect_output(services, [])) == (services, [], None)
+    nodes = [node("n0d3")]
+    text = inspect_output(services, tasks) + "\n" + json.dumps(nodes, indent=4) + "\n"
+    assert swarm_status.read_documents(text) == (services, tasks, nodes)
+
+
+def node(nid: str, state: str = "ready", availability: str = "active") -> dict[str, Any]:
+    """One element of `docker node inspect`."""
+    return {"ID": nid, "Spec": {"Availability": availability}, "Status": {"State": state}}
+
+
+def global_nginx() -> dict[str, Any]:
+    svc = copy.deepcopy(NGINX)
+    svc["Spec"]["Mode"] = {"Global": {}}
+    return svc
+
+
+def on_node(t: dict[str, Any], nid: str) -> dict[str, Any]:
+    return {**t, "NodeID": nid, "ID": t["ID"] + nid}
+
+
+def test_status_a_global_service_wants_a_task_on_every_node_that_takes_tasks() -> None:
+    svc = global_nginx()
+    nodes = [node("n1"), node("n2"), node("n3")]
+    tasks = [on_node(task(svc, 0, "running"), n) for n in ("n1", "n2")]
+    assert list(swarm_status.pending([svc], tasks, SINCE, nodes)) == [f"{STACK}_nginx: 2/3 running"]
+    tasks.append(on_node(task(svc, 0, "running"), "n3"))
+    assert not list(swarm_status.pending([svc], tasks, SINCE, nodes))
+    # A node that is down or drained takes no task, and its stale task does not count.
+    nodes = [node("n1"), node("n2"), node("n3", state="down")]
+    assert not list(swarm_status.pending([svc], tasks[:2], SINCE, nodes))
+    nodes = [node("n1"), node("n2", availability="drain"), node("n3")]
+    assert list(swarm_status.pending([svc], tasks, SINCE, nodes)) == []
+    # Without the nodes' list: one task is enough.
+    assert not list(swarm_status.pending([svc], tasks[:1], SINCE))
 
 
 def run_status(stdin: str, since: str) -> subprocess.CompletedProcess[str]:
