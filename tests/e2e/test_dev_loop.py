@@ -58,6 +58,9 @@ def stack_env(tmp_path_factory, project: str, checkout: Path, app_env: str) -> d
         "APP_ENV": app_env,
         "DEV_SOURCE": str(checkout),
         "STACK_URL": f"http://127.0.0.1:{overrides['STACK_PORT']}",
+        # The shell's value wins over the env file's, and `make test-e2e` runs with the baseline
+        # on for the test stack: this stack has none (its devserver port would clash).
+        "BASELINE": "0",
     }
 
 
