@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, g, has_request_context, jsonify
+from prometheus_client import Counter
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
@@ -12,6 +13,13 @@ from .contract import error_code, error_envelope, error_message, new_request_id
 from .extensions import db
 
 log = logging.getLogger(__name__)
+# In prometheus_client's default registry, which the host serves at /metrics on each replica.
+DB_UNAVAILABLE = Counter(
+    "flaskstack_db_unavailable",
+    "Requests answered 503 because the pool had no free connection for DB_POOL_TIMEOUT seconds "
+    "(reason=pool_timeout) or the database could not be reached (reason=connection).",
+    ["reason"],
+)
 
 
 class APIError(Exception):
@@ -80,6 +88,9 @@ def handle_database_error(error: Exception) -> Response:
     """Answer 503 when the database is down or saturated, 500 (logged) for anything else."""
     _rollback_quietly()
     if is_database_unavailable(error):
+        DB_UNAVAILABLE.labels(
+            "pool_timeout" if isinstance(error, sa_exc.TimeoutError) else "connection"
+        ).inc()
         log.warning("database unavailable: %s", type(error).__name__, exc_info=error)
         return error_response(
             503, "The database is unavailable; retry later.", "database_unavailable"

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import queue
+import secrets
 import threading
 import time
 from typing import Any
 
+import requests
 import socketio
+
+
+def login(base: str) -> tuple[str, dict[str, str]]:
+    """A fresh user registered at `base`: (access token, auth headers)."""
+    creds = {"username": f"rt{secrets.token_hex(6)}", "password": secrets.token_urlsafe(16)}
+    assert requests.post(f"{base}/api/auth/register", json=creds, timeout=10).ok
+    r = requests.post(f"{base}/api/auth/login", json=creds, timeout=10)
+    assert r.status_code == 200, r.text
+    token = r.json()["access_token"]
+    return token, {"Authorization": f"Bearer {token}"}
 
 
 class Listener:

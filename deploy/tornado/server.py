@@ -20,6 +20,7 @@ from typing import Any
 import socketio
 import tornado.httpserver
 import tornado.web
+from host import metrics
 from host import sio as socketio_host
 from host.realtime import EventSocket, Hub, PostgresListener, listen_target, subscribe_in_process
 from host.settings import Settings, configure_logging, load_wsgi_app
@@ -58,6 +59,19 @@ class HealthHandler(BaseHandler):
             self.finish({"status": "draining", "replica": REPLICA})
         else:
             self.finish({"status": "ok", "replica": REPLICA})
+
+
+class MetricsHandler(BaseHandler):
+    """GET /metrics for Prometheus, on the IOLoop: a busy pool never delays a scrape."""
+
+    def initialize(self, registry: metrics.CollectorRegistry) -> None:
+        self.registry = registry
+
+    def get(self) -> None:
+        accept = self.request.headers.get("Accept", "")
+        body, content_type = metrics.exposition(self.registry, accept)
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
 
 
 def log_native_request(handler: tornado.web.RequestHandler) -> None:
@@ -122,6 +136,7 @@ async def main() -> None:
     native = tornado.web.Application(
         [
             (r"/healthz", HealthHandler, {"state": state}),
+            (r"/metrics", MetricsHandler, {"registry": metrics.REGISTRY}),
             (r"/ws", EventSocket, {"hub": hub, "origins": settings.origins, "state": state}),
             (r"/socket\.io/", sio_handler),
         ],
@@ -134,7 +149,9 @@ async def main() -> None:
         websocket_max_message_size=socketio_host.MAX_CLIENT_PACKET,
         log_function=log_native_request if settings.access_log else lambda handler: None,
     )
-    wsgi = WSGIPath(wsgi_app, pool, native, settings.max_body, settings.access_log)
+    metrics.keep_flask_routes()
+    requests = metrics.RequestMetrics(metrics.REGISTRY)
+    wsgi = WSGIPath(wsgi_app, pool, native, settings.max_body, settings.access_log, requests)
     # xheaders: the one layer that trusts proxy headers (nginx overwrites all of them).
     server = tornado.httpserver.HTTPServer(
         wsgi,
@@ -152,6 +169,17 @@ async def main() -> None:
         listener_task = asyncio.create_task(listener.run())
     elif not subscribe_in_process(wsgi_app, fanout):
         log.info("no event source: /ws and socket.io send no events")
+    metrics.REGISTRY.register(
+        metrics.HostCollector(
+            threads=settings.threads,
+            in_flight=lambda: wsgi.in_flight,
+            waiting=pool.jobs.qsize,
+            pools=lambda: metrics.sqlalchemy_pools(wsgi_app),
+            clients=lambda: {"ws": len(hub.sockets), "socketio": len(sio.eio.sockets)},
+            listener_up=lambda: listener.connected.is_set() if listener else None,
+            draining=lambda: state["draining"],
+        )
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

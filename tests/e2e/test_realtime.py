@@ -16,18 +16,8 @@ import requests
 import socketio
 from tornado.websocket import websocket_connect
 
-from tests.sioclient import Listener, close_all, on_distinct_replicas
+from tests.sioclient import Listener, close_all, login, on_distinct_replicas
 from tests.support import stack
-
-
-def login(stack_url: str) -> tuple[str, dict[str, str]]:
-    """A fresh user: (access token, auth headers)."""
-    creds = {"username": f"rt{secrets.token_hex(6)}", "password": secrets.token_urlsafe(16)}
-    assert requests.post(f"{stack_url}/api/auth/register", json=creds, timeout=10).ok
-    r = requests.post(f"{stack_url}/api/auth/login", json=creds, timeout=10)
-    assert r.status_code == 200, r.text
-    token = r.json()["access_token"]
-    return token, {"Authorization": f"Bearer {token}"}
 
 
 def post_through_another_replica(stack_url: str, headers: dict, avoid: set[str]) -> dict:

@@ -12,17 +12,10 @@ import time
 
 import requests
 
-from tests.sioclient import Listener, close_all
+from tests.sioclient import Listener, close_all, login
 from tests.support import figure
 
 from . import faultkit as fk
-
-
-def login(stack_url: str) -> tuple[str, dict[str, str]]:
-    creds = {"username": f"dr{secrets.token_hex(6)}", "password": secrets.token_urlsafe(16)}
-    assert requests.post(f"{stack_url}/api/auth/register", json=creds, timeout=10).ok
-    token = requests.post(f"{stack_url}/api/auth/login", json=creds, timeout=10).json()
-    return token["access_token"], {"Authorization": f"Bearer {token['access_token']}"}
 
 
 def on_replica(stack_url: str, token: str, transport: str, replica: str) -> Listener:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from app.cli import seed_fortunes, seed_world
 from app.extensions import db
 from tests.conftest import dispose, make_app
 from tests.hostproc import host_factory  # noqa: F401 (a fixture for the tests here)
+from tests.support import ROOT
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +43,21 @@ def database_url(sqlite_template: Path, tmp_path: Path) -> str:
 def unreachable_database_url(tmp_path: Path) -> str:
     """A database that cannot be opened (its directory does not exist)."""
     return f"sqlite:///{tmp_path / 'missing-dir' / 'app.sqlite'}"
+
+
+@pytest.fixture
+def sqlite_host(host_factory, tmp_path):  # noqa: F811 (the fixture imported above)
+    """The demo app on SQLite under the host: no Postgres, so events come from its own bus."""
+    env = {
+        "APP_ENV": "development",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}",
+        "UPLOAD_DIR": str(tmp_path / "uploads"),
+    }
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "setup-db"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return host_factory(**env)

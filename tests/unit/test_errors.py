@@ -5,6 +5,7 @@ import threading
 
 import pytest
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 
 from app.extensions import db
 
@@ -85,7 +86,12 @@ def test_login_with_database_down_is_503(app_factory, unreachable_database_url: 
     assert_envelope(response, 503, "database_unavailable")
 
 
-def test_pool_starvation_is_503(app_factory) -> None:
+def pool_timeouts() -> float:
+    """The replica's count of 503s from an exhausted pool, as /metrics shows it."""
+    return REGISTRY.get_sample_value("flaskstack_db_unavailable_total", {"reason": "pool_timeout"})
+
+
+def test_pool_starvation_is_503_and_counted(app_factory) -> None:
     app = app_factory(DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0, DB_POOL_TIMEOUT=1)
     release = threading.Event()
     held = threading.Event()
@@ -99,11 +105,13 @@ def test_pool_starvation_is_503(app_factory) -> None:
     holder.start()
     try:
         assert held.wait(5)
+        timeouts = pool_timeouts() or 0.0
         response = app.test_client().get("/api/posts")
     finally:
         release.set()
         holder.join()
     assert_envelope(response, 503, "database_unavailable")
+    assert pool_timeouts() == timeouts + 1
     assert app.test_client().get("/api/posts").status_code == 200
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import sys
 from typing import Any
 
@@ -16,39 +15,12 @@ import pytest
 import requests
 import socketio
 
-from tests.sioclient import Listener, close_all
+from tests.sioclient import Listener, close_all, login
 from tests.support import ROOT
 
 sys.path.insert(0, str(ROOT / "deploy" / "tornado"))
 
 from host import sio as host_sio
-
-
-@pytest.fixture
-def sqlite_host(host_factory, tmp_path):
-    """The demo app on SQLite under the host: no Postgres, so events come from its own bus."""
-    env = {
-        "APP_ENV": "development",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}",
-        "UPLOAD_DIR": str(tmp_path / "uploads"),
-    }
-    import subprocess
-
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "app", "setup-db"],
-        env={"PATH": "/usr/bin:/bin", **env},
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    return host_factory(**env)
-
-
-def login(base: str) -> tuple[str, dict[str, str]]:
-    creds = {"username": f"u{secrets.token_hex(5)}", "password": secrets.token_urlsafe(12)}
-    assert requests.post(f"{base}/api/auth/register", json=creds, timeout=10).ok
-    token = requests.post(f"{base}/api/auth/login", json=creds, timeout=10).json()["access_token"]
-    return token, {"Authorization": f"Bearer {token}"}
 
 
 def test_broadcasts_reach_everyone_and_a_users_events_only_them(sqlite_host):

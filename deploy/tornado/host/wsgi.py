@@ -28,11 +28,14 @@ from tornado.ioloop import IOLoop
 
 from app.contract import error_envelope, new_request_id, sane_request_id
 
+from .metrics import RequestMetrics
+
 log = logging.getLogger("host")
 access_log = logging.getLogger("access")
 REPLICA = socket.gethostname()
 WSGIResponse = tuple[str, list[tuple[str, str]], bytes]  # status line, headers, whole body
-NATIVE_PATHS = frozenset({"/healthz", "/ws"})  # served on the IOLoop; everything else is WSGI
+# Served on the IOLoop; everything else is WSGI.
+NATIVE_PATHS = frozenset({"/healthz", "/metrics", "/ws"})
 NATIVE_PREFIX = "/socket.io/"  # socket.io's engine, on the IOLoop too
 # RFC 3986's host (an IP literal, or reg-name characters) and an optional port. A comma is left
 # out on purpose: repeated Host headers arrive joined by one, and RFC 9112 wants a 400 for them.
@@ -122,8 +125,10 @@ class WSGIPath(tornado.httputil.HTTPServerConnectionDelegate):
         native: tornado.web.Application,
         max_body: int,
         access_lines: bool,
+        metrics: RequestMetrics | None = None,
     ) -> None:
         self.wsgi_app = wsgi_app
+        self.metrics = metrics
         self.pool = pool
         self.native = native
         self.max_body = max_body
@@ -136,14 +141,14 @@ class WSGIPath(tornado.httputil.HTTPServerConnectionDelegate):
     ) -> tornado.httputil.HTTPMessageDelegate:
         return WSGIExchange(self, server_conn, request_conn)
 
-    def run_app(self, environ: dict[str, Any]) -> WSGIResponse:
+    def run_app(self, environ: dict[str, Any], received: float) -> WSGIResponse:
         """Call the app on a pool thread; return its status, headers and whole body.
 
         Call, iteration and close happen in this one job (Tornado's own container hops to the
         pool three times a request), and no exception escapes it: with an executor, Tornado
         6.6 would otherwise send nothing and leave the client (nginx) waiting for its timeout.
+        `received` (monotonic) is when the request was queued, so its latency counts the wait.
         """
-        started = time.monotonic()
         seen: dict[str, Any] = {}
 
         def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None):
@@ -165,6 +170,8 @@ class WSGIPath(tornado.httputil.HTTPServerConnectionDelegate):
                     result.close()  # type: ignore[union-attr]
                 except Exception:
                     log.exception("closing the WSGI response failed")
+        if self.metrics is not None:
+            self.metrics.observe(environ, status, time.monotonic() - received)
         if self.access_lines:
             header_map = {k.lower(): v for k, v in headers}
             access_log.info(
@@ -175,7 +182,7 @@ class WSGIPath(tornado.httputil.HTTPServerConnectionDelegate):
                     "method": environ.get("REQUEST_METHOD"),
                     "path": environ.get("PATH_INFO"),
                     "status": int(status.split(" ", 1)[0]),
-                    "duration_ms": round((time.monotonic() - started) * 1000, 2),
+                    "duration_ms": round((time.monotonic() - received) * 1000, 2),
                     "bytes": len(body),
                     "remote_ip": environ.get("REMOTE_ADDR"),
                     "replica": REPLICA,
@@ -230,11 +237,11 @@ class WSGIExchange(tornado.httputil.HTTPMessageDelegate):
         environ = self.environ()
         path = self.path
         path.in_flight += 1
-        path.last_activity = time.monotonic()
+        path.last_activity = received = time.monotonic()
         loop = IOLoop.current()
 
         def job() -> None:
-            response = path.run_app(environ)
+            response = path.run_app(environ, received)
             loop.add_callback(self.respond, *response)  # the one thread-safe IOLoop call
 
         path.pool.submit(job)
