@@ -19,6 +19,7 @@ TEST_ENV_FILE ?= build/test.env
 TEST_STACK_PORT ?= 18080
 TEST_DEVSERVER_PORT ?= 15000
 TEST_TLS_PORT ?= 18443
+TEST_PROMETHEUS_PORT ?= 19090
 
 STACK := deploy/scripts/stack.sh
 # Replicas: from the command line or shell, else the env file, else .env.example (3).
@@ -130,6 +131,7 @@ restore: ## Restore BACKUP=backups/<time> into the running stack (FORCE=1 replac
 .PHONY: images
 images: ## Build every image the compose file names (stand-ins where no registry answers)
 	deploy/images/build.sh base
+	@if [[ $$($(STACK) get MONITORING 0) == 1 ]]; then deploy/images/build.sh monitoring; fi
 	deploy/images/build.sh wheels
 	docker build -q -f deploy/tornado/Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(APP_IMAGE) .
 	docker build -q -f deploy/nginx/Dockerfile --build-arg NGINX_IMAGE=$(NGINX_IMAGE) -t $(NGINX_STACK_IMAGE) .
@@ -192,6 +194,7 @@ test-e2e: venv images ## End-to-end tests against a test stack on ports 18080/15
 	@rm -f build/e2e-figures.txt
 	status=0; BASELINE=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) \
 	  STACK_URL=http://127.0.0.1:$(TEST_STACK_PORT) BASELINE_URL=http://127.0.0.1:$(TEST_DEVSERVER_PORT) \
+	  PROMETHEUS_URL=http://127.0.0.1:$(TEST_PROMETHEUS_PORT) \
 	  $(PYTEST) tests/e2e tests/faults --ignore=tests/e2e/test_swarm.py || status=$$?; \
 	  $(MAKE) --no-print-directory test-stack-down; \
 	  if [[ -f build/e2e-figures.txt ]]; then echo "== figures measured by the e2e tests"; cat build/e2e-figures.txt; fi; \
@@ -218,6 +221,7 @@ faults: venv images ## Fault and attack tests on a test stack (K=postgres for on
 	$(MAKE) --no-print-directory test-stack-up
 	status=0; BASELINE=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) \
 	  STACK_URL=http://127.0.0.1:$(TEST_STACK_PORT) BASELINE_URL=http://127.0.0.1:$(TEST_DEVSERVER_PORT) \
+	  PROMETHEUS_URL=http://127.0.0.1:$(TEST_PROMETHEUS_PORT) \
 	  $(PY) tests/faults/run.py $(if $(K),-k '$(K)') || status=$$?; \
 	  $(MAKE) --no-print-directory test-stack-down; exit $$status
 
@@ -227,11 +231,14 @@ $(TEST_ENV_FILE): .env.example
 	rm -f $@
 	PROJECT=$(TEST_PROJECT) ENV_FILE=$@ $(STACK) env
 	sed -i -e 's/^STACK_PORT=.*/STACK_PORT=$(TEST_STACK_PORT)/' -e 's/^DEVSERVER_PORT=.*/DEVSERVER_PORT=$(TEST_DEVSERVER_PORT)/' \
-	  -e 's/^TLS_PORT=.*/TLS_PORT=$(TEST_TLS_PORT)/' $@
+	  -e 's/^TLS_PORT=.*/TLS_PORT=$(TEST_TLS_PORT)/' -e 's/^PROMETHEUS_PORT=.*/PROMETHEUS_PORT=$(TEST_PROMETHEUS_PORT)/' \
+	  -e 's/^MONITORING=.*/MONITORING=1/' $@
 
-# With the baseline: many e2e and fault tests compare with it (BASELINE_URL).
+# With the baseline: many e2e and fault tests compare with it (BASELINE_URL). With monitoring:
+# the tests check what Prometheus sees while the stack is under test.
 .PHONY: test-stack-up
 test-stack-up: $(TEST_ENV_FILE)
+	deploy/images/build.sh monitoring
 	BASELINE=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(STACK) up 3
 
 .PHONY: test-stack-down
