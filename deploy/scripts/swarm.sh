@@ -118,6 +118,12 @@ python_with_yaml() {  # an interpreter that has PyYAML (docker-compose 1.x bring
 #                                    interface, in SWARM_PUBLISH_MODE, unless the override
 #                                    already publishes that container port
 #   cpus values                      numbers refused: strings
+#   a bind mount of one file         needs the file on every node: a Swarm config instead
+#                                    (the monitoring profile's prometheus.yml and rules.yml)
+#   prometheus's port                published only on SWARM_PROMETHEUS_PORT (no login, and
+#                                    Swarm cannot bind 127.0.0.1)
+#   POSTGRES_MONITOR_PASSWORD,       Swarm secrets (<KEY>_FILE), like the stack's own secrets
+#   DATA_SOURCE_PASS
 #   (local images)                   with SWARM_RESOLVE_IMAGE=never each service gets its
 #                                    image's id as a container label, so `make images` and
 #                                    `make swarm-up` roll out a rebuilt image under the same tag
@@ -133,9 +139,15 @@ render() {  # the deployable stack file on stdout
     SWARM_PUBLISH_MODE=$(get SWARM_PUBLISH_MODE host)
     SWARM_RESOLVE_IMAGE=$(get SWARM_RESOLVE_IMAGE never)
     SWARM_SECRETS_DIR=$STATE_DIR/secrets/$STACK SWARM_STACK=$STACK
+    SWARM_PROMETHEUS_PORT=$(get SWARM_PROMETHEUS_PORT)
     export SWARM_PORT SWARM_PUBLISH_MODE SWARM_RESOLVE_IMAGE SWARM_SECRETS_DIR SWARM_STACK
+    export SWARM_PROMETHEUS_PORT
     local files=(-f docker-compose.swarm.yml)
     [[ -z $(get DATABASE_URL) ]] && files+=(-f docker-compose.swarm.postgres.yml)
+    if [[ $(get MONITORING 0) == 1 ]]; then
+        files+=(-f docker-compose.swarm.monitoring.yml)
+        [[ -z $(get DATABASE_URL) ]] && files+=(-f docker-compose.swarm.monitoring.postgres.yml)
+    fi
     ((CLUSTER)) && files+=(-f docker-compose.swarm.cluster.yml)
     PROJECT=$STACK "$STACK_SH" compose "${files[@]}" config | "$py" "$SCRIPTS/swarm_render.py"
 }
@@ -339,7 +351,7 @@ up() {
     # Render first: a broken env file fails here, before a swarm is created.
     rendered=$(render) || die "rendering the compose files failed"
     py=$(python_with_yaml)
-    first=$("$py" "$SCRIPTS/swarm_render.py" --only postgres,migrate <<<"$rendered")
+    first=$("$py" "$SCRIPTS/swarm_render.py" --only postgres,migrate,monitor-role <<<"$rendered")
     ((CLUSTER)) || check_port_free "$port"
     ensure_swarm
     label_postgres_node
@@ -359,7 +371,7 @@ up() {
     since=$(date -u +%Y-%m-%dT%H:%M:%S)
     ((CLUSTER)) && prepull
     deploy "$first"
-    wait_up "$since" "^${STACK}_(postgres|migrate):" "the migration"
+    wait_up "$since" "^${STACK}_(postgres|migrate|monitor-role):" "the migration"
     # A failed pull here is Swarm's to report (and retry) when it places a task.
     for pid in "${PREPULL_PIDS[@]}"; do wait "$pid" || true; done
     note "deploying stack $STACK"
@@ -407,10 +419,13 @@ each_node() {  # each_node CMD...: run CMD against every engine of node_hosts
     for host in $(node_hosts); do DOCKER_HOST=$host "$@"; done
 }
 
-remove_old_secrets() {  # a changed value is a new secret: remove the stack's unused old ones
-    local name
-    for name in $(docker secret ls --filter "label=$LABEL" --format '{{.Name}}'); do
-        grep -qF "name: $name" <<<"$1" || docker secret rm "$name" >/dev/null 2>&1 || true
+remove_old_secrets() {  # a changed value is a new secret (or config): remove the stack's
+                        # unused old ones
+    local name kind
+    for kind in secret config; do
+        for name in $(docker "$kind" ls --filter "label=$LABEL" --format '{{.Name}}'); do
+            grep -qF "name: $name" <<<"$1" || docker "$kind" rm "$name" >/dev/null 2>&1 || true
+        done
     done
 }
 

@@ -37,7 +37,18 @@ IMAGE_ID_LABEL = "org.flaskstack.image-id"
 # Environment variables that go to Swarm as secrets: the service gets <KEY>_FILE, a file under
 # /run/secrets, instead (the app and the Postgres image read both forms), so neither
 # `docker inspect` nor `docker service inspect` shows them.
-SECRET_ENV = ("SECRET_KEY", "JWT_SECRET_KEY", "DATABASE_URL", "ADMIN_PASSWORD", "POSTGRES_PASSWORD")
+SECRET_ENV = (
+    "SECRET_KEY",
+    "JWT_SECRET_KEY",
+    "DATABASE_URL",
+    "ADMIN_PASSWORD",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_MONITOR_PASSWORD",
+    "DATA_SOURCE_PASS",  # the Postgres exporter's (it reads DATA_SOURCE_PASS_FILE too)
+)
+# Published on Swarm only when the variable names a port: Swarm cannot bind 127.0.0.1, and
+# Prometheus's pages have no login.
+OPT_IN_PORTS = {"prometheus": "SWARM_PROMETHEUS_PORT"}
 SHORT_PORT = re.compile(r"(?:(.*):)?(\d+):(\d+)(?:/(tcp|udp))?")
 
 
@@ -161,6 +172,53 @@ def to_secrets(doc: dict[str, Any], secrets_dir: Path, prefix: str) -> None:
         declared[sid] = {"name": f"{prefix}_{sid}_{digest}", "file": str(path)}
 
 
+def to_configs(doc: dict[str, Any], prefix: str) -> None:
+    """Turn every bind mount of a single file into a Swarm config, in place.
+
+    A bind mount needs the file at the same path on whichever node runs the task; a config
+    travels with the stack to every node. Named `<prefix>_<file name>_<hash of its content>`,
+    as a config cannot change. Directories stay bind mounts.
+    """
+    declared = doc.setdefault("configs", {})
+    for svc in doc.get("services", {}).values():
+        kept = []
+        for volume in svc.get("volumes", []):
+            if isinstance(volume, dict):
+                source, target = volume.get("source", ""), volume.get("target", "")
+                is_bind = volume.get("type") == "bind"
+            else:
+                source, _, rest = volume.partition(":")
+                target = rest.split(":")[0]
+                is_bind = source.startswith("/")
+            path = Path(source)
+            if not (is_bind and path.is_file()):
+                kept.append(volume)
+                continue
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+            cid = re.sub(r"[^a-z0-9_]", "_", path.name.lower())
+            declared[cid] = {"name": f"{prefix}_{cid}_{digest}", "file": str(path)}
+            svc.setdefault("configs", []).append({"source": cid, "target": target, "mode": 0o444})
+        if "volumes" in svc:
+            svc["volumes"] = kept
+    if not declared:
+        del doc["configs"]
+
+
+def opt_in_ports(doc: dict[str, Any], mode: str, environ: dict[str, str]) -> None:
+    """Publish an OPT_IN_PORTS service on the port its variable names, or not at all."""
+    for name, variable in OPT_IN_PORTS.items():
+        svc = doc.get("services", {}).get(name)
+        if svc is None or "ports" not in svc:
+            continue
+        port = environ.get(variable, "")
+        targets = [p["target"] for p in svc.pop("ports")]
+        if port:
+            svc["ports"] = [
+                {"target": t, "published": int(port), "protocol": "tcp", "mode": mode}
+                for t in targets[:1]
+            ]
+
+
 def only(doc: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """The stack file `doc` with only the services `names` (those it has)."""
     doc["services"] = {k: v for k, v in doc.get("services", {}).items() if k in names}
@@ -201,10 +259,13 @@ def main() -> int:
     mode = os.environ.get("SWARM_PUBLISH_MODE", "host")
     local = os.environ.get("SWARM_RESOLVE_IMAGE", "never") == "never"
     secrets_dir = os.environ.get("SWARM_SECRETS_DIR")
+    prefix = os.environ.get("SWARM_STACK", "flaskstack-swarm")
     try:
         lost = to_stack(doc, mode, local_image_id if local else None)
+        opt_in_ports(doc, mode, dict(os.environ))
+        to_configs(doc, prefix)
         if secrets_dir:
-            to_secrets(doc, Path(secrets_dir), os.environ.get("SWARM_STACK", "flaskstack-swarm"))
+            to_secrets(doc, Path(secrets_dir), prefix)
     except RenderError as exc:
         sys.exit(str(exc))
     for line in lost:

@@ -21,7 +21,8 @@ import yaml
 
 from deploy.scripts import swarm_probe, swarm_render, swarm_status
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "deploy" / "scripts"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "deploy" / "scripts"
 
 # ---------------------------------------------------------------------------------------------
 # swarm_render.py
@@ -335,6 +336,85 @@ def test_render_refuses_a_secret_that_differs_between_services(tmp_path: Path) -
     }
     with pytest.raises(swarm_render.RenderError, match="SECRET_KEY of migrate differs"):
         swarm_render.to_secrets(doc, tmp_path, "st")
+
+
+def test_render_turns_file_mounts_into_configs_and_keeps_directories(tmp_path: Path) -> None:
+    conf = tmp_path / "prometheus.yml"
+    conf.write_text("global: {}\n")
+    doc = {
+        "services": {
+            "prometheus": {
+                "volumes": [
+                    f"{conf}:/etc/prometheus/prometheus.yml:ro",
+                    f"{tmp_path}:/srv/dir:ro",
+                    "data:/prometheus:rw",
+                ]
+            },
+            "v2": {"volumes": [{"type": "bind", "source": str(conf), "target": "/c.yml"}]},
+        }
+    }
+    swarm_render.to_configs(doc, "st")
+    prometheus = doc["services"]["prometheus"]
+    assert prometheus["volumes"] == [f"{tmp_path}:/srv/dir:ro", "data:/prometheus:rw"]
+    mount = {"source": "prometheus_yml", "mode": 0o444}
+    assert prometheus["configs"] == [{**mount, "target": "/etc/prometheus/prometheus.yml"}]
+    assert doc["services"]["v2"] == {"volumes": [], "configs": [{**mount, "target": "/c.yml"}]}
+    name = doc["configs"]["prometheus_yml"]["name"]
+    assert name.startswith("st_prometheus_yml_") and doc["configs"]["prometheus_yml"]["file"]
+    conf.write_text("global: {scrape_interval: 9s}\n")  # new content, new config
+    again = {"services": {"p": {"volumes": [f"{conf}:/x:ro"]}}}
+    swarm_render.to_configs(again, "st")
+    assert again["configs"]["prometheus_yml"]["name"] != name
+    none = {"services": {"app": {"volumes": ["uploads:/data"]}}}
+    swarm_render.to_configs(none, "st")
+    assert "configs" not in none
+
+
+@pytest.mark.parametrize("port", ["", "19191"])
+def test_render_publishes_prometheus_only_on_request(port: str) -> None:
+    doc = {"services": {"prometheus": {"ports": [{"target": 9090, "published": 9090}]}}}
+    swarm_render.opt_in_ports(doc, "host", {"SWARM_PROMETHEUS_PORT": port})
+    expected = [{"target": 9090, "published": 19191, "protocol": "tcp", "mode": "host"}]
+    assert doc["services"]["prometheus"].get("ports") == (expected if port else None)
+
+
+def test_swarm_render_of_the_monitoring_profile_holds_no_file_mount_or_password(
+    tmp_path: Path,
+) -> None:
+    """swarm.sh render with MONITORING=1: what `docker stack deploy` gets on several nodes."""
+    env_file = tmp_path / "env"
+    env_file.write_text(
+        "".join(
+            f"{k}={'x' * 40}\n"
+            for k in ("SECRET_KEY", "JWT_SECRET_KEY", "POSTGRES_PASSWORD", "ADMIN_PASSWORD")
+        )
+        + "POSTGRES_MONITOR_PASSWORD=m0nitor\nMONITORING=1\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARM_", "MONITORING"))}
+    env |= {"ENV_FILE": str(env_file), "SWARM_RESOLVE_IMAGE": "always", "SWARM_CLUSTER": "0"}
+    env["SWARM_STATE_DIR"] = str(tmp_path / "state")  # where the secrets' files go
+    result = subprocess.run(
+        [str(SCRIPTS / "swarm.sh"), "render"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    doc = yaml.safe_load(result.stdout)
+    services = doc["services"]
+    assert {"prometheus", "nginx-exporter", "monitor-role", "postgres-exporter"} <= set(services)
+    for name in ("prometheus", "monitor-role"):
+        assert all(":/etc/" not in str(v) for v in services[name].get("volumes", [])), name
+    targets = {c["target"] for c in services["prometheus"]["configs"]}
+    assert targets == {"/etc/prometheus/prometheus.yml", "/etc/prometheus/rules.yml"}
+    assert "ports" not in services["prometheus"]
+    assert "m0nitor" not in result.stdout
+    assert services["postgres-exporter"]["environment"]["DATA_SOURCE_PASS_FILE"]
+    assert services["monitor-role"]["environment"]["POSTGRES_MONITOR_PASSWORD_FILE"]
+    for name in ("prometheus", "nginx-exporter", "postgres-exporter"):
+        assert services[name]["deploy"]["endpoint_mode"] == "dnsrr", name
 
 
 def test_render_only_keeps_the_services_named() -> None:
