@@ -301,10 +301,15 @@ wait_nginx_cluster() {  # every running node's nginx answers through its port on
 # (127.0.0.1:PORT/path) and named as the nodes pull them (registry:5000/path): the same
 # repository path, so the same digest. Nothing is copied into a node by hand.
 push_images() {
-    local var default image path start=$SECONDS pids=() refs=() i
-    for var in APP_IMAGE:flaskstack/app:local NGINX_STACK_IMAGE:flaskstack/nginx:local POSTGRES_IMAGE:postgres:17-trixie; do
+    local var default image path start=$SECONDS pids=() refs=() i images
+    images=(APP_IMAGE:flaskstack/app:local NGINX_STACK_IMAGE:flaskstack/nginx:local POSTGRES_IMAGE:postgres:17-trixie)
+    if [[ $(get MONITORING 0) == 1 ]]; then
+        images+=(PROMETHEUS_IMAGE:prom/prometheus:v2.53.3 NGINX_EXPORTER_IMAGE:nginx/nginx-prometheus-exporter:1.4.1
+            POSTGRES_EXPORTER_IMAGE:quay.io/prometheuscommunity/postgres-exporter:v0.17.1)
+    fi
+    for var in "${images[@]}"; do
         default=${var#*:} var=${var%%:*}
-        [[ $var == POSTGRES_IMAGE && -n $(get DATABASE_URL) ]] && continue
+        [[ $var == POSTGRES_*IMAGE && -n $(get DATABASE_URL) ]] && continue
         image=$(get "$var" "$default")
         host_docker image inspect "$image" >/dev/null 2>&1 || die "image $image ($var) is not on this machine: make images"
         path=$image

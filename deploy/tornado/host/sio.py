@@ -188,8 +188,7 @@ class Server(socketio.AsyncServer):
             log.warning("bad socket.io packet, connection closed", extra={"error": str(exc)})
             sock = self.eio.sockets.get(eio_sid)
             if sock is not None:
-                await sock.close(wait=False)  # engine.io's close packet, then
-                sock.queue.put_nowait(None)  # the transport ends (a websocket closes)
+                await end_session(sock)  # engine.io's close packet, then the transport ends
 
 
 def allowed_origin(origins: frozenset[str]) -> Callable[[str, dict[str, Any]], bool]:
@@ -288,6 +287,18 @@ def build(
     return sio, SocketIOHandler
 
 
+async def end_session(sock: Any, abort: bool = False) -> None:
+    """Close one engine.io session and end its transport now: a websocket closes, a
+    long-poll returns. `abort` skips engine.io's close packet.
+
+    engine.io's `close(wait=False)` only marks the session closed; its transport notices at
+    its next packet. The `None` on the session's queue (engine.io's own end-of-stream
+    marker) wakes it at once. The one place this host touches engine.io's internals.
+    """
+    await sock.close(wait=False, abort=abort)
+    sock.queue.put_nowait(None)
+
+
 async def close_all(sio: socketio.AsyncServer) -> None:
     """Cut every engine.io session without socket.io's disconnect packet, so clients reconnect.
 
@@ -296,5 +307,4 @@ async def close_all(sio: socketio.AsyncServer) -> None:
     them to a replica that is not draining.
     """
     for sock in list(sio.eio.sockets.values()):
-        await sock.close(wait=False, abort=True)
-        sock.queue.put_nowait(None)  # wakes the transport: a websocket closes, a long-poll ends
+        await end_session(sock, abort=True)
