@@ -63,6 +63,18 @@ def login(stack_url: str, username: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
+def register(stack_url: str) -> tuple[str, str]:
+    """A new user: (name, password)."""
+    name, password = f"bk{secrets.token_hex(5)}", secrets.token_urlsafe(16)
+    r = requests.post(
+        f"{stack_url}/api/auth/register",
+        json={"username": name, "password": password},
+        timeout=TIMEOUT,
+    )
+    assert r.status_code == 201, r.text
+    return name, password
+
+
 def all_pages(url: str, headers: dict[str, str] | None = None) -> dict[int, dict]:
     """Every item of a paginated list endpoint, by id."""
     items: dict[int, dict] = {}
@@ -215,13 +227,7 @@ def drill(stack_url: str, tmp_path_factory: pytest.TempPathFactory) -> Drill:
     users: dict[str, str] = {}
     headers: dict[str, dict[str, str]] = {}
     for _ in range(SEED_USERS):
-        name, password = f"bk{secrets.token_hex(5)}", secrets.token_urlsafe(16)
-        r = requests.post(
-            f"{stack_url}/api/auth/register",
-            json={"username": name, "password": password},
-            timeout=TIMEOUT,
-        )
-        assert r.status_code == 201, r.text
+        name, password = register(stack_url)
         users[name] = password
         headers[name] = login(stack_url, name, password)
     with requests.Session() as session:
@@ -456,13 +462,7 @@ def damage_manifest_missing(backup: Path) -> str:
 @pytest.fixture(scope="module")
 def sentinel(drill, stack_url) -> dict:
     """A post written after the backup: any restore, even a partial one, would remove it."""
-    name, password = f"bk{secrets.token_hex(5)}", secrets.token_urlsafe(16)
-    r = requests.post(
-        f"{stack_url}/api/auth/register",
-        json={"username": name, "password": password},
-        timeout=TIMEOUT,
-    )
-    assert r.status_code == 201, r.text
+    name, password = register(stack_url)
     r = requests.post(
         f"{stack_url}/api/posts",
         json={"title": "after", "body": "the backup"},
