@@ -12,6 +12,9 @@
 #   build.sh clean    remove the stand-ins (only images labelled org.flaskstack.standin=true).
 #   build.sh cluster  DIND_IMAGE and REGISTRY_IMAGE, the same way, for `make cluster-up`: Docker
 #                     engines in containers (Swarm nodes) and the registry they pull from.
+#   build.sh monitoring  PROMETHEUS_IMAGE, NGINX_EXPORTER_IMAGE and POSTGRES_EXPORTER_IMAGE, the
+#                     same way, for the monitoring profile.
+#   build.sh names-cluster, names-monitoring  those image names, as NAME=value lines.
 #
 # Every step is idempotent: a second run rebuilds nothing and says so. A stand-in is rebuilt only
 # when its recipe (this script's code or the files under deploy/images/<kind>/) changed.
@@ -31,6 +34,8 @@ LABEL=org.flaskstack.standin
 KINDS=(python nginx postgres)
 # `build.sh cluster`: the nodes and the registry of the three-node test cluster (cluster.sh).
 CLUSTER_KINDS=(dind registry)
+# `build.sh monitoring`: Prometheus and the nginx and Postgres exporters.
+MONITORING_KINDS=(prometheus nginxexporter pgexporter)
 
 # ---------------------------------------------------------------------------------------------
 # Output and helpers
@@ -64,6 +69,10 @@ POSTGRES_IMAGE=$(image_name POSTGRES_IMAGE postgres:17-trixie)
 # this project's own; the registry is the official one when it can be pulled.
 DIND_IMAGE=$(image_name DIND_IMAGE flaskstack/dind:26-trixie)
 REGISTRY_IMAGE=$(image_name REGISTRY_IMAGE registry:2.8.3)
+# The monitoring profile's: the official tags of the versions Debian trixie packages.
+PROMETHEUS_IMAGE=$(image_name PROMETHEUS_IMAGE prom/prometheus:v2.53.3)
+NGINX_EXPORTER_IMAGE=$(image_name NGINX_EXPORTER_IMAGE nginx/nginx-prometheus-exporter:1.4.1)
+POSTGRES_EXPORTER_IMAGE=$(image_name POSTGRES_EXPORTER_IMAGE quay.io/prometheuscommunity/postgres-exporter:v0.17.1)
 
 image_of() {
 	case $1 in
@@ -72,6 +81,9 @@ image_of() {
 	postgres) echo "$POSTGRES_IMAGE" ;;
 	dind) echo "$DIND_IMAGE" ;;
 	registry) echo "$REGISTRY_IMAGE" ;;
+	prometheus) echo "$PROMETHEUS_IMAGE" ;;
+	nginxexporter) echo "$NGINX_EXPORTER_IMAGE" ;;
+	pgexporter) echo "$POSTGRES_EXPORTER_IMAGE" ;;
 	esac
 }
 
@@ -89,6 +101,9 @@ recipe_packages() {
 	postgres) echo postgresql-17 ;;
 	dind) echo docker.io,docker-cli,iptables ;;
 	registry) echo docker-registry ;;
+	prometheus) echo prometheus ;;
+	nginxexporter) echo prometheus-nginx-exporter ;;
+	pgexporter) echo prometheus-postgres-exporter ;;
 	esac
 }
 
@@ -241,6 +256,68 @@ registry_import_changes() {
 		'ENTRYPOINT ["registry", "serve"]' 'CMD ["/etc/docker/registry/config.yml"]'
 }
 
+# The monitoring profile's stand-ins (`build.sh monitoring`), with their import settings in
+# <kind>_import_changes. Debian merged /usr, so /bin/x is /usr/bin/x: the official paths under
+# /bin exist as soon as the binary is in /usr/bin. All three run as nobody (65534:65534).
+
+prometheus_configure() {
+	local r=${1:?} version
+	# "prometheus, version 2.53.3+ds1 (branch: debian/sid, ...)"
+	version=$(chroot "$r" prometheus --version 2>&1 | sed -n 's/^prometheus, version \([0-9][0-9.]*\).*/\1/p')
+	rootfs_require_version "prometheus" "$version" 2.53.0 2.53. >/dev/null
+	case $(chroot "$r" promtool --version 2>&1) in "promtool, version $version"*) ;; *) die "promtool is not $version" ;; esac
+	[ -x "$r/bin/prometheus" ] && [ -x "$r/bin/promtool" ]
+	# The official image's default configuration (scrapes itself) and layout: the data directory
+	# /prometheus and /etc/prometheus belong to nobody, so a fresh named volume is writable.
+	install -m 0644 "$HERE/prometheus/prometheus.yml" "$r/etc/prometheus/prometheus.yml"
+	chown 65534:65534 "$r/etc/prometheus" "$r/etc/prometheus/prometheus.yml"
+	install -d -o 65534 -g 65534 -m 0755 "$r/prometheus"
+	# Debian's console defaults are /etc/prometheus/{consoles,console_libraries}; the official
+	# image passes /usr/share/prometheus/..., so both spellings work.
+	ln -sfn /etc/prometheus/consoles "$r/usr/share/prometheus/consoles"
+	ln -sfn /etc/prometheus/console_libraries "$r/usr/share/prometheus/console_libraries"
+	echo "$version"
+}
+
+prometheus_import_changes() {
+	printf '%s\n' "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		'USER 65534' 'WORKDIR /prometheus' 'VOLUME /prometheus' 'EXPOSE 9090' \
+		'ENTRYPOINT ["/bin/prometheus"]' \
+		'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]'
+}
+
+nginxexporter_configure() {
+	local r=${1:?} version
+	# "nginx_exporter, version 1.4.1 (branch: debian/sid, ...)"
+	version=$(chroot "$r" prometheus-nginx-exporter --version 2>&1 | sed -n 's/^nginx_exporter, version \([0-9][0-9.]*\).*/\1/p')
+	rootfs_require_version "nginx-prometheus-exporter" "$version" 1.0 1. >/dev/null
+	# 1.x takes --nginx.scrape-uri and --web.listen-address (0.x took single-dash flags).
+	case $(chroot "$r" prometheus-nginx-exporter --help 2>&1) in *--nginx.scrape-uri=*) ;; *) die "no --nginx.scrape-uri flag" ;; esac
+	# The official image's command.
+	ln -sf prometheus-nginx-exporter "$r/usr/bin/nginx-prometheus-exporter"
+	echo "$version"
+}
+
+nginxexporter_import_changes() {
+	printf '%s\n' "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		'USER 65534' 'EXPOSE 9113' 'ENTRYPOINT ["/usr/bin/nginx-prometheus-exporter"]' 'CMD []'
+}
+
+pgexporter_configure() {
+	local r=${1:?} version
+	# "postgres_exporter, version 0.17.1 (branch: debian/sid, ...)"
+	version=$(chroot "$r" prometheus-postgres-exporter --version 2>&1 | sed -n 's/^postgres_exporter, version \([0-9][0-9.]*\).*/\1/p')
+	rootfs_require_version "postgres_exporter" "$version" 0.17.0 0.17. >/dev/null
+	# The official image's command (/bin/postgres_exporter, through Debian's merged /usr).
+	ln -sf prometheus-postgres-exporter "$r/usr/bin/postgres_exporter"
+	echo "$version"
+}
+
+pgexporter_import_changes() {
+	printf '%s\n' "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		'USER 65534' 'EXPOSE 9187' 'ENTRYPOINT ["/bin/postgres_exporter"]' 'CMD []'
+}
+
 postgres_configure() {
 	local r=${1:?} version old_uid old_gid
 	version=$(chroot "$r" /usr/lib/postgresql/17/bin/postgres --version | awk '{print $3}')
@@ -357,7 +434,37 @@ smoke_test() {
 	postgres) docker run --rm --network none --user 999:999 "$image" sh -c 'postgres --version && pg_isready --version' ;;
 	dind) docker run --rm --network none --entrypoint sh "$image" -c 'dockerd --version && docker --version && iptables --version' ;;
 	registry) docker run --rm --network none --entrypoint sh "$image" -c 'registry --version && test -f /etc/docker/registry/config.yml' ;;
+	prometheus)
+		docker run --rm --network none --entrypoint sh "$image" -c \
+			'promtool --version && prometheus --version && promtool check config /etc/prometheus/prometheus.yml' &&
+			smoke_starts "$image" 4 'Server is ready to receive web requests'
+		;;
+	nginxexporter)
+		docker run --rm --network none "$image" --version &&
+			smoke_starts "$image" 2 'Listening on' --nginx.scrape-uri=http://nginx:8081/nginx/status --web.listen-address=:9113
+		;;
+	pgexporter)
+		docker run --rm --network none "$image" --version &&
+			smoke_starts "$image" 2 'Listening on' --web.listen-address=:9187
+		;;
 	esac
+}
+
+# smoke_test helper: run IMAGE's entrypoint with ARGS (none: the image's CMD) for SECONDS under
+# `timeout` inside the container; it must still be running then (no usage error, no crash) and
+# its log must contain TEXT.
+smoke_starts() {
+	local image=$1 seconds=$2 text=$3 entrypoint out rc=0
+	shift 3
+	entrypoint=$(docker image inspect -f '{{join .Config.Entrypoint " "}}' "$image")
+	if [ $# = 0 ]; then
+		# shellcheck disable=SC2046  # the image's CMD, one argument per word
+		set -- $(docker image inspect -f '{{join .Config.Cmd " "}}' "$image")
+	fi
+	out=$(docker run --rm --network none --entrypoint timeout "$image" "$seconds" "$entrypoint" "$@" 2>&1) || rc=$?
+	printf '%s\n' "$out"
+	[ "$rc" = 124 ] || { echo "smoke test: $entrypoint exited with $rc before ${seconds} s"; return 1; }
+	grep -qF "$text" <<<"$out" || { echo "smoke test: no \"$text\" in the log"; return 1; }
 }
 
 # Build one stand-in: rootfs (as root) -> tar | docker import -> STOPSIGNAL -> smoke test -> tag.
@@ -583,7 +690,7 @@ cmd_wheels() {
 
 # ---------------------------------------------------------------------------------------------
 
-usage() { sed -n '2,15s/^# \{0,1\}//p' "$SELF"; }
+usage() { sed -n '2,18s/^# \{0,1\}//p' "$SELF"; }
 
 main() {
 	local cmd=${1:-help}
@@ -597,6 +704,11 @@ main() {
 	clean) cmd_clean ;;
 	cluster) KINDS=("${CLUSTER_KINDS[@]}") && cmd_base ;;
 	names-cluster) printf 'DIND_IMAGE=%s\nREGISTRY_IMAGE=%s\n' "$DIND_IMAGE" "$REGISTRY_IMAGE" ;;
+	monitoring) KINDS=("${MONITORING_KINDS[@]}") && cmd_base ;;
+	names-monitoring)
+		printf 'PROMETHEUS_IMAGE=%s\nNGINX_EXPORTER_IMAGE=%s\nPOSTGRES_EXPORTER_IMAGE=%s\n' \
+			"$PROMETHEUS_IMAGE" "$NGINX_EXPORTER_IMAGE" "$POSTGRES_EXPORTER_IMAGE"
+		;;
 	_standin) build_standin "$@" ;;
 	_rootfs) cmd_rootfs "$@" ;;
 	_rmtree) cmd_rmtree "$@" ;;
