@@ -178,7 +178,7 @@ lock: ## Re-lock requirements/*.lock from requirements/*.in (needs PyPI)
 ##@ Tests
 
 .PHONY: test
-test: lint test-unit test-integration test-e2e test-swarm ## The whole suite, as CI runs it (builds and starts what it needs)
+test: lint test-unit test-integration test-e2e test-swarm test-cluster ## The whole suite, as CI runs it (builds and starts what it needs)
 
 .PHONY: test-unit
 test-unit: venv ## Unit tests: SQLite, no Docker
