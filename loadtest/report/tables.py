@@ -6,7 +6,15 @@ import statistics
 from dataclasses import dataclass
 
 from loadtest.report.format import DASH, TIMES, fmt_ms, mib, num, short, span
-from loadtest.report.summary import BASELINE, COMPONENTS, NOISY_CORES, Doc, Summary, loaded
+from loadtest.report.summary import (
+    BASELINE,
+    COMPONENTS,
+    NOISY_CORES,
+    OPTIONAL,
+    Doc,
+    Summary,
+    loaded,
+)
 
 
 @dataclass(frozen=True)
@@ -66,17 +74,23 @@ def table_rows(results: Doc, summary: Summary) -> list[list[str]]:
 
 
 def cpu_table(results: Doc, summary: Summary) -> Table:
-    """Where one request's CPU goes, per component, for every scenario and target."""
+    """Where one request's CPU goes, per component, for every scenario and target; an OPTIONAL
+    component's column only when some run measured it."""
+    measured = [
+        s
+        for per_target in summary.values()
+        for s in per_target.values()
+        if "skipped" not in s and s["cpu_ms"]
+    ]
+    shown = [k for k in COMPONENTS if k not in OPTIONAL or any(k in s["cpu_ms"] for s in measured)]
     rows = []
     for scenario, per_target in summary.items():
         for target in results["targets"]:
             s = per_target.get(target["name"])
             if not s or "skipped" in s or not s["cpu_ms"]:
                 continue
-            rows.append(
-                [scenario, target["name"], *(span(s["cpu_ms"].get(k), 2) for k in COMPONENTS)]
-            )
-    return Table(["scenario", "target", *COMPONENTS.values()], rows)
+            rows.append([scenario, target["name"], *(span(s["cpu_ms"].get(k), 2) for k in shown)])
+    return Table(["scenario", "target", *(COMPONENTS[k] for k in shown)], rows)
 
 
 def generator_table(summary: Summary) -> Table:
