@@ -265,7 +265,10 @@ loadtest: venv ## Compare the stack with the built-in server (LOCUSTFILE=...: yo
 	  echo "loadtest: the built-in-server baseline (devserver) is not running: starting it for the comparison"; \
 	  $(STACK) baseline up; started=1; \
 	fi; \
-	status=0; STACK_URL=$(STACK_URL) BASELINE_URL=$(BASELINE_URL) $(PY) -m loadtest.run || status=$$?; \
+	prom="$${PROMETHEUS_URL:-}"; if [[ -z $$prom && $$($(STACK) get MONITORING 0) == 1 ]]; then \
+	  prom=http://127.0.0.1:$$($(STACK) get PROMETHEUS_PORT 9090); fi; \
+	status=0; PROMETHEUS_URL=$$prom STACK_URL=$(STACK_URL) BASELINE_URL=$(BASELINE_URL) \
+	  $(PY) -m loadtest.run || status=$$?; \
 	if [[ $$started == 1 && $$($(STACK) get BASELINE 0) != 1 ]]; then \
 	  echo "loadtest: stopping the devserver again (BASELINE=1 keeps it)"; $(STACK) baseline down; \
 	fi; \

@@ -7,6 +7,8 @@ measured again, all its rounds, with as many processes as raised the ceiling.
 
 from __future__ import annotations
 
+import time
+
 from loadtest.accounts import Accounts
 from loadtest.config import Config
 from loadtest.driver import Driver
@@ -53,6 +55,7 @@ def _rounds(
         redo = False
         for t in order:
             prefix = f"{scenario}-{t.name}-r{rnd}"
+            wall_start = time.time()
             m = driver.run(
                 cfg.classes[scenario],
                 t.url,
@@ -63,7 +66,9 @@ def _rounds(
                 cfg.duration,
                 env=env[t.name],
             )
+            wall_end = time.time()
             run = Run(**vars(m), scenario=scenario, target=t.name, round=rnd, prefix=prefix)
+            run.wall_start, run.wall_end = round(wall_start, 3), round(wall_end, 3)
             ceiling = ceilings.get(procs)
             limited = bool(ceiling and run.rps > GEN_LIMIT * ceiling)
             # One process is the limit: move this scenario to more Locust processes

@@ -66,6 +66,8 @@ class Config:
     locustfile: str = ""
     # Scenario name -> its user class: SCENARIOS, or the classes of LOCUSTFILE by their names.
     classes: dict[str, str] = field(default_factory=lambda: dict(SCENARIOS))
+    # PROMETHEUS_URL: the stack's Prometheus, for each route's server-side p99 ("": not asked).
+    prometheus_url: str = ""
 
     def needs_accounts(self, scenario: str) -> bool:
         """Whether the runner signs users in before the runs: the demo's `api` only."""
@@ -137,6 +139,11 @@ def parse_config(argv: list[str], description: str | None = None) -> Config:
     add("--rounds", type=int, default=int(_env("ROUNDS", d["rounds"])))
     add("--stack-url", default=_env("STACK_URL", "http://127.0.0.1:8080"))
     add("--baseline-url", default=_env("BASELINE_URL", "http://127.0.0.1:5000"))
+    add(
+        "--prometheus-url",
+        default=_env("PROMETHEUS_URL", ""),
+        help="the stack's Prometheus: each route's server-side p99 in the report (empty: off)",
+    )
     add("--reference", action="store_true", default=_flag(_env("REFERENCE", "0")))
     add("--ref-nothread-url", default=os.environ.get("REF_NOTHREAD_URL", ""))
     add("--ref-gunicorn-url", default=os.environ.get("REF_GUNICORN_URL", ""))
@@ -231,4 +238,5 @@ def parse_config(argv: list[str], description: str | None = None) -> Config:
         profile=a.profile,
         locustfile=locustfile,
         classes=classes,
+        prometheus_url=a.prometheus_url.strip().rstrip("/"),
     )

@@ -102,6 +102,12 @@ class Run(Measurement):
     target: str
     round: int
     prefix: str
+    # Wall-clock (Unix seconds) around the run, Locust's start-up included.
+    wall_start: float | None = None
+    wall_end: float | None = None
+    # PROMETHEUS_URL: per route, the replicas' own p99 (ms) and request count over the run.
+    server_p99_ms: dict[str, float | None] | None = None
+    server_requests: dict[str, int] | None = None
 
 
 @dataclass(kw_only=True)

@@ -26,6 +26,7 @@ from loadtest.config import REALTIME, parse_config
 from loadtest.driver import Driver, watched_containers
 from loadtest.machine import busy_note, machine_info
 from loadtest.profile import run_profiles
+from loadtest.prometheus import add_server_latency
 from loadtest.realtime import run_realtime
 from loadtest.results import Results
 from loadtest.steps import run_steps
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             run_steps(cfg, driver, targets, results)
         else:
             run_comparison(cfg, driver, targets, results)
+            # Before realtime: each stack run's range reaches one scrape past its end.
+            add_server_latency(cfg.prometheus_url, results.runs, results.notes, driver.log)
             if REALTIME in cfg.scenarios:
                 run_realtime(cfg, driver, targets, results)
             if cfg.profile:

@@ -132,7 +132,7 @@ def _largest(s: TargetSummary, target: str) -> str:
     if not parts:
         return ""
     top = max(parts, key=parts.__getitem__)
-    label = TARGET_SERVICES[target][top] if top == "server" else COMPONENTS[top]
+    label = "/".join(TARGET_SERVICES[target][top]) if top == "server" else COMPONENTS[top]
     return f"largest CPU per request: {label} {parts[top]:.2f} ms"
 
 

@@ -50,18 +50,31 @@ Summary = dict[str, dict[str, TargetSummary | Skipped]]  # scenario -> target ->
 
 
 # The compose services that serve each target, by component: nginx in front, the Python server
-# (all its replicas added up) and Postgres. The other containers idle meanwhile.
-TARGET_SERVICES: dict[str, dict[str, str]] = {
-    "stack": {"nginx": "nginx", "server": "app", "postgres": "postgres"},
-    BASELINE: {"server": "devserver", "postgres": "postgres"},
-    "tornado-nothread": {"nginx": "nginx", "server": "ref-nothread", "postgres": "postgres"},
-    "gunicorn": {"nginx": "nginx", "server": "ref-gunicorn", "postgres": "postgres"},
+# (all its replicas added up) and Postgres; for the stack also its monitoring (MONITORING=1),
+# which costs CPU whatever the load. The other containers idle meanwhile.
+TARGET_SERVICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "stack": {
+        "nginx": ("nginx",),
+        "server": ("app",),
+        "postgres": ("postgres",),
+        "monitoring": ("prometheus", "nginx-exporter", "postgres-exporter"),
+    },
+    BASELINE: {"server": ("devserver",), "postgres": ("postgres",)},
+    "tornado-nothread": {
+        "nginx": ("nginx",),
+        "server": ("ref-nothread",),
+        "postgres": ("postgres",),
+    },
+    "gunicorn": {"nginx": ("nginx",), "server": ("ref-gunicorn",), "postgres": ("postgres",)},
 }
+# Components that only some stacks run: counted, and shown, only when a container of theirs was.
+OPTIONAL = {"monitoring"}
 # Where a request's CPU goes: the target's containers, their total, then Docker's own processes.
 COMPONENTS = {
     "nginx": "nginx",
     "server": "Python server",
     "postgres": "Postgres",
+    "monitoring": "monitoring",
     "containers": "containers",
     "proxy": "docker-proxy",
     "engine": "docker engine",
@@ -70,15 +83,17 @@ COMPONENTS = {
 
 def by_component(results: Doc, run: Doc, per_container: dict[str, float]) -> dict[str, float]:
     """A run's per-container figures added up per component of its target, their total under
-    "containers" (only that total, over every container, when the services are unknown)."""
+    "containers" (only that total, over every container, when the services are unknown).
+    An OPTIONAL component is left out when none of its containers was measured."""
     services = results.get("docker", {}).get("services", {})
     wanted = TARGET_SERVICES.get(run["target"])
     if not services or not wanted:
         return {"containers": sum(per_container.values())}
-    out = {
-        component: sum(v for n, v in per_container.items() if services.get(n) == service)
-        for component, service in wanted.items()
-    }
+    out = {}
+    for component, names in wanted.items():
+        mine = [v for n, v in per_container.items() if services.get(n) in names]
+        if mine or component not in OPTIONAL:
+            out[component] = sum(mine)
     out["containers"] = sum(out.values())
     return out
 

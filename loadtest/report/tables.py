@@ -5,8 +5,18 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+from loadtest.prometheus import STACK
 from loadtest.report.format import DASH, TIMES, fmt_ms, mib, num, short, span
-from loadtest.report.summary import BASELINE, COMPONENTS, NOISY_CORES, Doc, Summary, loaded
+from loadtest.report.summary import (
+    BASELINE,
+    COMPONENTS,
+    NOISY_CORES,
+    OPTIONAL,
+    Doc,
+    Summary,
+    loaded,
+)
+from loadtest.stats import median_min_max
 
 
 @dataclass(frozen=True)
@@ -66,17 +76,52 @@ def table_rows(results: Doc, summary: Summary) -> list[list[str]]:
 
 
 def cpu_table(results: Doc, summary: Summary) -> Table:
-    """Where one request's CPU goes, per component, for every scenario and target."""
+    """Where one request's CPU goes, per component, for every scenario and target; an OPTIONAL
+    component's column only when some run measured it."""
+    measured = [
+        s
+        for per_target in summary.values()
+        for s in per_target.values()
+        if "skipped" not in s and s["cpu_ms"]
+    ]
+    shown = [k for k in COMPONENTS if k not in OPTIONAL or any(k in s["cpu_ms"] for s in measured)]
     rows = []
     for scenario, per_target in summary.items():
         for target in results["targets"]:
             s = per_target.get(target["name"])
             if not s or "skipped" in s or not s["cpu_ms"]:
                 continue
+            rows.append([scenario, target["name"], *(span(s["cpu_ms"].get(k), 2) for k in shown)])
+    return Table(["scenario", "target", *(COMPONENTS[k] for k in shown)], rows)
+
+
+def server_runs(results: Doc) -> list[Doc]:
+    """The stack's runs with Prometheus's per-route figures (PROMETHEUS_URL)."""
+    return [r for r in results["runs"] if r["target"] == STACK and r.get("server_requests")]
+
+
+def server_table(results: Doc, summary: Summary) -> Table | None:
+    """Per scenario and route: the replicas' own request count and p99 over the stack's runs,
+    beside Locust's p99 of the scenario on the stack; None when no run has them."""
+    rows = []
+    for scenario in results["config"]["scenarios"]:
+        mine = [r for r in server_runs(results) if r["scenario"] == scenario]
+        client = summary.get(scenario, {}).get(STACK, {})
+        p99 = client.get("p99")
+        for route in sorted({route for r in mine for route in r["server_requests"]}):
             rows.append(
-                [scenario, target["name"], *(span(s["cpu_ms"].get(k), 2) for k in COMPONENTS)]
+                [
+                    scenario,
+                    route,
+                    span(median_min_max([r["server_requests"].get(route) for r in mine])),
+                    span(median_min_max([r["server_p99_ms"].get(route) for r in mine]), 1),
+                    fmt_ms(p99 and p99[0]),
+                ]
             )
-    return Table(["scenario", "target", *COMPONENTS.values()], rows)
+    if not rows:
+        return None
+    header = ["scenario", "route", "requests per run", "server p99 ms", "Locust p99 ms"]
+    return Table(header, rows)
 
 
 def generator_table(summary: Summary) -> Table:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.config import Config
+from loadtest.prometheus import SHORT_RUN_S
 from loadtest.report.budgets import budgets_table
 from loadtest.report.format import DASH, fmt_ms, num
 from loadtest.report.summary import BASELINE, Doc, Summary
@@ -19,6 +20,8 @@ from loadtest.report.tables import (
     idle_table,
     knee_table,
     loaded_table,
+    server_runs,
+    server_table,
     step_table,
     table_rows,
 )
@@ -35,6 +38,13 @@ class Containers:
     reason: str | None  # why they were not read; then there are no tables
     idle: Table | None
     loaded: Table | None
+
+
+@dataclass(frozen=True)
+class ServerLatency:
+    table: Table  # per scenario and route: the replicas' count and p99, Locust's p99
+    shortest_s: float  # the shortest run queried, Locust's start-up included
+    short: bool  # under SHORT_RUN_S: one or two scrapes, an approximate figure
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,7 @@ class Report:
     baseline_url: str
     results: Table | None
     step_load: StepLoad | None
+    server: ServerLatency | None
     budgets: Table | None
     cpu: Table | None
     ceiling: str  # requests/s per number of Locust processes; '' when not measured
@@ -98,6 +109,7 @@ def build(out_dir: Path, results: Doc, summary: Summary) -> Report:
         baseline_url=_url(results, BASELINE),
         results=Table(RESULTS_HEADER, table_rows(results, summary)) if summary else None,
         step_load=_step_load(results),
+        server=_server(results, summary),
         budgets=budgets if summary or budgets.rows else None,
         cpu=cpu_table(results, summary) if summary else None,
         ceiling=", ".join(
@@ -139,6 +151,14 @@ def _step_load(results: Doc) -> StepLoad | None:
         (f"{e['scenario']} · {e['target']}", step_table(e)) for e in steps if not e.get("skipped")
     ]
     return StepLoad(knee_table(results), per_step)
+
+
+def _server(results: Doc, summary: Summary) -> ServerLatency | None:
+    table = server_table(results, summary)
+    if table is None:
+        return None
+    shortest = min(r["wall_end"] - r["wall_start"] for r in server_runs(results))
+    return ServerLatency(table, round(shortest, 1), shortest < SHORT_RUN_S)
 
 
 def _containers(results: Doc) -> Containers:

@@ -253,6 +253,40 @@ def test_cpu_per_request_by_component_matches_the_containers_figure(tmp_path: Pa
     assert len(generator) == 1 and generator[0].endswith("| 0.45 | 90 |")
 
 
+MONITORING = {
+    f"{PROJECT}_prometheus_1": "prometheus",
+    f"{PROJECT}_nginx-exporter_1": "nginx-exporter",
+    f"{PROJECT}_postgres-exporter_1": "postgres-exporter",
+}
+
+
+def test_monitoring_is_a_component_of_the_stack_when_its_containers_ran(tmp_path: Path):
+    cpu = {"nginx": 0.1, "app": 0.3, "postgres": 0.05, "devserver": 0.02}
+    runs = [measured("json", "stack", 1, 100, cpu), measured("json", "builtin", 1, 40, cpu)]
+    # Prometheus and its exporters: 0.03, 0.01 and 0.02 CPU seconds over 1,000 requests.
+    for r in runs:
+        r["container_cpu_s"].update(zip(MONITORING, (0.03, 0.01, 0.02), strict=True))
+    results = cpu_results(runs)
+    results["docker"]["services"] = {**SERVICES, **MONITORING}
+    lines = report_lines(tmp_path, results)
+    header = (
+        "| scenario | target | nginx | Python server | Postgres | monitoring | containers "
+        "| docker-proxy | docker engine |"
+    )
+    assert header in lines
+    # The stack's total includes it; the built-in server's path has no monitoring.
+    assert "| json | stack | 0.10 | 0.30 | 0.05 | 0.06 | 0.51 | 0.08 | 0.04 |" in lines
+    assert f"| json | builtin | {DASH} | 0.02 | 0.05 | {DASH} | 0.07 | 0.08 | 0.04 |" in lines
+    assert any(line.startswith("CPU ms per request") and "*monitoring*" in line for line in lines)
+
+
+def test_no_monitoring_column_without_its_containers(tmp_path: Path):
+    cpu = {"nginx": 0.1, "app": 0.3, "postgres": 0.05}
+    lines = report_lines(tmp_path, cpu_results([measured("json", "stack", 1, 100, cpu)]))
+    assert "| json | stack | 0.10 | 0.30 | 0.05 | 0.45 | 0.08 | 0.04 |" in lines
+    assert not any("monitoring" in line for line in lines)
+
+
 def test_cpu_budgets_met_and_missed_name_the_largest_component(tmp_path: Path):
     cheap = {"nginx": 0.1, "app": 0.3, "postgres": 0.05}  # 0.45 ms per request
     costly = {"nginx": 0.1, "app": 0.5, "postgres": 0.1}  # 0.70 ms per request
