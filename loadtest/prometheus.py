@@ -2,9 +2,10 @@
 
 The replicas time every request themselves, from its arrival at the replica to the app's
 response (flaskstack_http_request_duration_seconds, in buckets). After the comparison, one query
-per run asks for the increase of those buckets over the run: from its start to one scrape
-interval after its end, so the scrape after the end is inside the range. Nothing here waits
-between runs, and nothing here fails a load test: an error becomes a note.
+per run takes the difference of those counters between two scrapes: the last before the run
+started and the first after it ended (PromQL's `@` modifier), so the counts are the requests the
+replicas served in between, exactly, not an extrapolation. Nothing here waits between runs,
+and nothing here fails a load test: an error becomes a note.
 """
 
 from __future__ import annotations
@@ -23,11 +24,20 @@ SHORT_RUN_S = 8.0  # a run shorter than this spans one or two scrapes: its figur
 MIN_REQUESTS = 50  # a route with fewer requests in a run has no p99 worth the name
 TIMEOUT_S = 5.0  # per query
 
+
+def delta(series: str, by: str) -> str:
+    """`series` summed by `by` at {end} minus the same at {start} (0 for a series that did not
+    exist yet then). A replica restarted in between would make it smaller: none does in a run."""
+    after = f"sum by ({by}) ({series} @ {{end}})"
+    return f"({after} - (sum by ({by}) ({series} @ {{start}}) or {after} * 0))"
+
+
 P99 = (
-    "histogram_quantile(0.99, sum by (route, le) "
-    "(increase(flaskstack_http_request_duration_seconds_bucket[{range}s])))"
+    "histogram_quantile(0.99, "
+    + delta("flaskstack_http_request_duration_seconds_bucket", "route, le")
+    + ")"
 )
-COUNT = "sum by (route) (increase(flaskstack_http_requests_total[{range}s]))"
+COUNT = delta("flaskstack_http_requests_total", "route")
 
 
 class PrometheusError(Exception):
@@ -56,11 +66,10 @@ def query(url: str, promql: str, at: float) -> dict[str, float]:
     return {item["metric"].get("route", ""): float(item["value"][1]) for item in data["result"]}
 
 
-def query_range(start: float, end: float) -> tuple[float, int]:
-    """The time of a run's queries (one scrape interval after its end) and their range in whole
-    seconds, back to the run's start."""
-    at = end + SCRAPE_WAIT_S
-    return at, math.ceil(at - start)
+def query_times(start: float, end: float) -> tuple[float, float]:
+    """The two instants a run's counters are read at: its start (Prometheus takes the last
+    scrape before it) and one scrape interval after its end (the first scrape after it)."""
+    return start, end + SCRAPE_WAIT_S
 
 
 def server_latency(
@@ -68,9 +77,9 @@ def server_latency(
 ) -> tuple[dict[str, float | None], dict[str, int]]:
     """Per route with at least MIN_REQUESTS requests in the run from `start` to `end` (Unix
     time): its p99 in ms (None when not finite) and its request count."""
-    at, seconds = query_range(start, end)
-    counts = query(url, COUNT.format(range=seconds), at)
-    p99s = query(url, P99.format(range=seconds), at)
+    before, at = query_times(start, end)
+    counts = query(url, COUNT.format(start=f"{before:.3f}", end=f"{at:.3f}"), at)
+    p99s = query(url, P99.format(start=f"{before:.3f}", end=f"{at:.3f}"), at)
     kept = {route: round(n) for route, n in sorted(counts.items()) if n >= MIN_REQUESTS}
     p99_ms: dict[str, float | None] = {}
     for route in kept:

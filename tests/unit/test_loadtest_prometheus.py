@@ -109,14 +109,17 @@ def test_each_stack_run_is_queried_over_its_range_and_routes_under_50_requests_d
 
     assert notes == [] and slept == []  # the run ended long ago: nothing to wait for
     assert [q["path"] for q in fake.queries] == ["/api/v1/query"] * 2  # the stack's run only
-    # At one scrape interval after the end, back to the start: 1016.4 - 1000 s, rounded up.
+    # The counters one scrape interval after the end, less what they were at the start.
     assert {q["time"] for q in fake.queries} == {"1016.400"}
+    requests_then = "sum by (route) (flaskstack_http_requests_total @ {})"
     assert fake.queries[0]["query"] == (
-        "sum by (route) (increase(flaskstack_http_requests_total[17s]))"
+        f"({requests_then.format('1016.400')} - ({requests_then.format('1000.000')} "
+        f"or {requests_then.format('1016.400')} * 0))"
     )
+    buckets_then = "sum by (route, le) (flaskstack_http_request_duration_seconds_bucket @ {})"
     assert fake.queries[1]["query"] == (
-        "histogram_quantile(0.99, sum by (route, le) "
-        "(increase(flaskstack_http_request_duration_seconds_bucket[17s])))"
+        f"histogram_quantile(0.99, ({buckets_then.format('1016.400')} - "
+        f"({buckets_then.format('1000.000')} or {buckets_then.format('1016.400')} * 0)))"
     )
     stack, builtin = runs
     assert stack.server_requests == {"/bench/json": 1234, "unmatched": 50}
