@@ -70,6 +70,12 @@ def stack(
     return run(str(STACK), *args, check=check, timeout=timeout, env=env)
 
 
+def monitoring_on() -> bool:
+    """Whether the stack under test runs the monitoring profile (MONITORING=1: Prometheus is
+    published too)."""
+    return stack("get", "MONITORING", "0").stdout.strip() == "1"
+
+
 def compose(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a compose command against the stack under test, with no time limit."""
     return stack("compose", *args, check=check, timeout=None)

@@ -13,7 +13,7 @@ import os
 import pytest
 import requests
 
-from tests.support import run, stack
+from tests.support import monitoring_on, run, stack
 
 
 def published_services() -> set[str]:
@@ -44,11 +44,12 @@ def baseline_restored():
 
 def test_up_without_baseline_runs_no_development_server(stack_url, baseline_url, baseline_restored):
     assert answers(baseline_url), "the test stack runs with the baseline"
+    monitoring = {"prometheus"} if monitoring_on() else set()  # published with the profile
     env = {**os.environ, "BASELINE": "0"}
     out = stack("up", "3", env=env, timeout=None).stdout
     assert "stopping the built-in-server baseline" in out, out
     assert stack("baseline", "running", env=env, check=False).returncode == 1
-    assert published_services() == {"nginx"}
+    assert published_services() == {"nginx"} | monitoring
     assert not answers(baseline_url)
     assert answers(stack_url)
     # The URLs printed after `make up` no longer offer the baseline.
@@ -56,7 +57,7 @@ def test_up_without_baseline_runs_no_development_server(stack_url, baseline_url,
 
     out = stack("up", "3", env={**os.environ, "BASELINE": "1"}, timeout=None).stdout
     assert "with the built-in-server baseline" in out, out
-    assert published_services() == {"nginx", "devserver"}
+    assert published_services() == {"nginx", "devserver"} | monitoring
     assert answers(baseline_url)
 
 

@@ -45,7 +45,12 @@ def checkout():
 
 def stack_env(tmp_path_factory, project: str, checkout: Path, app_env: str) -> dict[str, str]:
     """The environment that names a dev stack of its own: project, env file, ports, source."""
-    overrides = {"STACK_PORT": str(free_port()), "TLS_ENABLED": "0", "BASELINE": "0"}
+    overrides = {
+        "STACK_PORT": str(free_port()),
+        "TLS_ENABLED": "0",
+        "BASELINE": "0",
+        "MONITORING": "0",  # the test stack's Prometheus holds its port
+    }
     base = (ROOT / os.environ.get("ENV_FILE", ".env")).read_text().splitlines()
     lines = [line for line in base if line.split("=", 1)[0] not in overrides]
     env_file = tmp_path_factory.mktemp(project) / "dev.env"

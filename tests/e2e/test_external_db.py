@@ -40,6 +40,7 @@ def external_stack(tmp_path_factory):
         "STACK_PORT": str(stack_port),
         "DEVSERVER_PORT": str(free_port()),
         "TLS_ENABLED": "0",
+        "MONITORING": "0",  # the test stack's Prometheus holds its port
         "COMPOSE_EXTRA_FILES": str(override),
     }
     lines = [line for line in base if line.split("=", 1)[0] not in overrides]

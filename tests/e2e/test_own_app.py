@@ -42,6 +42,7 @@ def hello_stack(tmp_path_factory):
         "STACK_PORT": str(stack_port),
         "DEVSERVER_PORT": str(devserver_port),
         "TLS_ENABLED": "0",
+        "MONITORING": "0",  # the test stack's Prometheus holds its port
         "DATABASE_URL": "",
         "COMPOSE_EXTRA_FILES": str(override),
     }

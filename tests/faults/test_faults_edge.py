@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.support import figure
+from tests.support import figure, monitoring_on
 
 from . import faultkit as fk
 from .loadgen import LoadGen, login_users, percentiles
@@ -276,18 +276,23 @@ def test_bad_input_at_the_edge_gets_4xx_and_crashes_nothing(stack_url):
 # -- security --------------------------------------------------------------------------------
 
 
+APP_SERVERS = ("nginx", "devserver")  # the published ports that serve the app
+
+
 def published_urls() -> dict[str, str]:
     ports = fk.published_ports()
     return {
         f"{service}:{port}": f"http://127.0.0.1:{host_port}"
         for service, bindings in ports.items()
+        if service in APP_SERVERS
         for port, _, host_port in bindings
     }
 
 
 def test_only_nginx_and_devserver_are_published_and_only_on_localhost():
     ports = fk.published_ports()
-    assert set(ports) == {"nginx", "devserver"}, ports
+    # With the monitoring profile, Prometheus too; never an exporter.
+    assert set(ports) == {*APP_SERVERS, *(["prometheus"] if monitoring_on() else [])}, ports
     assert all(ip == "127.0.0.1" for b in ports.values() for _, ip, _ in b), ports
     # Postgres: no published port, and only on internal networks (no route to or from outside).
     pg = fk.inspect(fk.postgres_id())[0]
