@@ -1,10 +1,11 @@
-"""The Tornado host process: one WSGI app on a thread pool, plus native /healthz, /ws, /socket.io/.
+"""The Tornado host process: one WSGI app on a thread pool, plus native /healthz, /metrics, /ws
+and /socket.io/.
 
-One process per container; scale by containers. A request for /healthz, /ws or /socket.io/ goes
-to a small tornado.web.Application on the IOLoop; every other request goes from the HTTP
-connection to one pool job (host/wsgi.py), its body read once and parsed only by the app.
-Websockets and their events are host/realtime.py, socket.io host/sio.py; the knobs, read once
-from the environment, host/settings.py.
+One process per container; scale by containers. A request for /healthz, /metrics, /ws or
+/socket.io/ goes to a small tornado.web.Application on the IOLoop; every other request goes from
+the HTTP connection to one pool job (host/wsgi.py), its body read once and parsed only by the
+app. Websockets and their events are host/realtime.py, socket.io host/sio.py, the metrics
+host/metrics.py; the knobs, read once from the environment, host/settings.py.
 
 This file is the process: it builds those parts, serves, and drains on SIGTERM.
 """
@@ -150,8 +151,8 @@ async def main() -> None:
         log_function=log_native_request if settings.access_log else lambda handler: None,
     )
     metrics.keep_flask_routes()
-    requests = metrics.RequestMetrics(metrics.REGISTRY)
-    wsgi = WSGIPath(wsgi_app, pool, native, settings.max_body, settings.access_log, requests)
+    counted = metrics.RequestMetrics(metrics.REGISTRY)
+    wsgi = WSGIPath(wsgi_app, pool, native, settings.max_body, settings.access_log, counted)
     # xheaders: the one layer that trusts proxy headers (nginx overwrites all of them).
     server = tornado.httpserver.HTTPServer(
         wsgi,

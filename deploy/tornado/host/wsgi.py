@@ -1,6 +1,6 @@
 """The WSGI path: each request from the HTTP connection to one pool job and back.
 
-A request for a native path (/healthz, /ws, /socket.io/) is handed to the host's small
+A request for a native path (/healthz, /metrics, /ws, /socket.io/) is handed to the host's small
 tornado.web application instead; everything else runs the WSGI app on a pool thread, never on
 the IOLoop.
 """
@@ -104,8 +104,8 @@ class WorkerPool:
 
 
 class WSGIPath(tornado.httputil.HTTPServerConnectionDelegate):
-    """The host's request router: /healthz, /ws and /socket.io/ to Tornado's web app, the rest
-    to WSGI.
+    """The host's request router: /healthz, /metrics, /ws and /socket.io/ to Tornado's web app,
+    the rest to WSGI.
 
     Every request that is not one of the native paths goes straight from the HTTP connection
     to one pool job, with no `tornado.web.RequestHandler` in between. A handler (Tornado's
