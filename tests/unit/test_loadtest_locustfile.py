@@ -10,6 +10,7 @@ import pytest
 from loadtest import report, window
 from loadtest.config import LOCUSTFILE, SCENARIOS, parse_config
 from loadtest.driver import MEASUREFILE, Driver
+from tests.unit.test_loadtest_report import results_with, run
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello" / "locustfile.py"
@@ -100,40 +101,8 @@ def test_the_window_counts_once_however_many_files_ask(monkeypatch):
 def test_the_report_names_the_locustfile(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = parse_config(["--locustfile", str(HELLO)])
-    runs = [
-        {
-            "scenario": sc,
-            "target": t,
-            "round": 1,
-            "rps": 100.0,
-            "p50": 1.0,
-            "p95": 2.0,
-            "p99": 3.0,
-            "failures_total": 0,
-            "requests_total": 1000,
-            "processes": 1,
-            "gen_cores": 0.5,
-            "machine_busy": 0.9,
-            "containers": {},
-        }
-        for sc in cfg.scenarios
-        for t in ("stack", "builtin")
-    ]
-    doc = {
-        "started": "now",
-        "command": "python -m loadtest.run",
-        "config": cfg.__dict__,
-        "machine": {"cores": "2"},
-        "targets": [
-            {"name": "stack", "url": "http://s", "description": "stack"},
-            {"name": "builtin", "url": "http://b", "description": "built-in"},
-        ],
-        "docker": {"containers": [], "reason": "test"},
-        "ceiling": {"rps": {}},
-        "runs": runs,
-        "steps": [],
-        "notes": [],
-    }
+    runs = [run(sc, t, 1, 100.0) for sc in cfg.scenarios for t in ("stack", "builtin")]
+    doc = results_with(runs, cfg=cfg)
     report.write_report(tmp_path, doc)
     text = (tmp_path / "report.md").read_text()
     assert f"your locustfile `{HELLO}` (HelloUser, StaticUser)" in text

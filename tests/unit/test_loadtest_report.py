@@ -31,9 +31,12 @@ def run(scenario, target, rnd, rps, p99=10.0, failures=0, processes=1):
     }
 
 
-def results_with(runs, ceiling=None):
-    cfg = parse_config([])
-    cfg.scenarios = sorted({r["scenario"] for r in runs})
+def results_with(runs, ceiling=None, cfg=None):
+    """A results.json document of `runs`; its config `cfg`, else the defaults with the runs'
+    scenarios."""
+    if cfg is None:
+        cfg = parse_config([])
+        cfg.scenarios = sorted({r["scenario"] for r in runs})
     return {
         "started": "now",
         "command": "python -m loadtest.run",
