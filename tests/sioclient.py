@@ -22,6 +22,31 @@ def login(base: str) -> tuple[str, dict[str, str]]:
     return token, {"Authorization": f"Bearer {token}"}
 
 
+def post_through_another_replica(stack_url: str, headers: dict, avoid: set[str]) -> dict:
+    """Create posts until one is served by a replica outside `avoid`; return that post."""
+    for i in range(20):
+        r = requests.post(
+            f"{stack_url}/api/posts",
+            json={"title": f"realtime {secrets.token_hex(4)} {i}", "body": "fan-out"},
+            headers=headers,
+            timeout=10,
+        )
+        assert r.status_code == 201, r.text
+        if r.headers["X-Served-By"] not in avoid:
+            return r.json()
+    raise AssertionError(f"every post was served by {avoid}")
+
+
+def upload(base: str, headers: dict[str, str], name: str, data: bytes) -> dict:
+    """Upload one file as the user `headers` signs in; its record (the app then emits
+    `upload.stored` to that user's sockets)."""
+    r = requests.post(
+        f"{base}/api/uploads", files={"file": (name, data)}, headers=headers, timeout=10
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
 class Listener:
     """One socket.io connection and the events it has received, in arrival order."""
 

@@ -16,23 +16,15 @@ import requests
 import socketio
 from tornado.websocket import websocket_connect
 
-from tests.sioclient import Listener, close_all, login, on_distinct_replicas
+from tests.sioclient import (
+    Listener,
+    close_all,
+    login,
+    on_distinct_replicas,
+    post_through_another_replica,
+    upload,
+)
 from tests.support import stack
-
-
-def post_through_another_replica(stack_url: str, headers: dict, avoid: set[str]) -> dict:
-    """Create posts until one is served by a replica outside `avoid`; return that post."""
-    for i in range(20):
-        r = requests.post(
-            f"{stack_url}/api/posts",
-            json={"title": f"realtime {secrets.token_hex(4)} {i}", "body": "fan-out"},
-            headers=headers,
-            timeout=10,
-        )
-        assert r.status_code == 201, r.text
-        if r.headers["X-Served-By"] not in avoid:
-            return r.json()
-    raise AssertionError(f"every post was served by {avoid}")
 
 
 def test_websocket_and_polling_clients_on_two_replicas_get_a_post_from_a_third(stack_url):
@@ -60,16 +52,9 @@ def test_a_users_event_reaches_their_sockets_on_two_replicas_and_no_one_else(sta
     )
     others = [Listener(stack_url, other_token, "websocket")]
     try:
-        r = requests.post(
-            f"{stack_url}/api/uploads",
-            files={"file": ("note.txt", b"for my eyes")},
-            headers=headers,
-            timeout=10,
-        )
-        assert r.status_code == 201, r.text
-        upload = r.json()
+        stored = upload(stack_url, headers, "note.txt", b"for my eyes")
         for c in mine:
-            assert c.next("upload.stored", {"upload": {"id": upload["id"]}})["upload"] == upload
+            assert c.next("upload.stored", {"upload": {"id": stored["id"]}})["upload"] == stored
         # A broadcast after it: every replica delivers in the channel's order, so once the
         # other user has this, the upload event is never coming to them.
         marker = post_through_another_replica(stack_url, other_headers, set())

@@ -7,12 +7,9 @@ replicas that are not draining.
 
 from __future__ import annotations
 
-import secrets
 import time
 
-import requests
-
-from tests.sioclient import Listener, close_all, login
+from tests.sioclient import Listener, close_all, login, post_through_another_replica
 from tests.support import figure
 
 from . import faultkit as fk
@@ -48,15 +45,9 @@ def test_sigterm_moves_socketio_clients_to_another_replica_and_they_get_the_next
         assert all(moved), f"clients did not reconnect: {[c.replicas for c in clients]}"
         assert victim.hostname not in {r for rs in moved for r in rs}, moved
         t_back = time.time()
-        r = requests.post(
-            f"{stack_url}/api/posts",
-            json={"title": f"after drain {secrets.token_hex(4)}", "body": "x"},
-            headers=headers,
-            timeout=10,
-        )
-        assert r.status_code == 201, r.text
+        post = post_through_another_replica(stack_url, headers, set())
         for c in clients:
-            c.next("post.created", {"post": {"id": r.json()["id"]}})
+            c.next("post.created", {"post": {"id": post["id"]}})
         fk.wait_for(victim.id, "exited", timeout=40)
         exit_code = fk.inspect(victim.id)[0]["State"]["ExitCode"]
         assert exit_code == 0

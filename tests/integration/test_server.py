@@ -18,7 +18,7 @@ import requests
 from tornado.websocket import websocket_connect
 
 from tests.hostproc import Host
-from tests.sioclient import Listener, close_all
+from tests.sioclient import Listener, close_all, upload
 from tests.support import ROOT
 
 OPEN_SOCKETS: list = []
@@ -216,14 +216,8 @@ def test_socketio_room_events_cross_processes_over_notify(host_factory, app_env,
     headers = register_and_login(writer.url)
     client = Listener(listener.url, headers["Authorization"].removeprefix("Bearer "), "polling")
     try:
-        r = requests.post(
-            f"{writer.url}/api/uploads",
-            files={"file": ("n.txt", b"x")},
-            headers=headers,
-            timeout=10,
-        )
-        assert r.status_code == 201, r.text
-        assert client.next("upload.stored")["upload"]["id"] == r.json()["id"]
+        stored = upload(writer.url, headers, "n.txt", b"x")
+        assert client.next("upload.stored")["upload"]["id"] == stored["id"]
     finally:
         close_all([client])
 
