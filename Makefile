@@ -162,6 +162,8 @@ venv: $(VENV)/.installed ## Create the host virtualenv from requirements/dev.loc
 $(VENV)/.installed: requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --require-hashes -r requirements/dev.lock
+	@# The host's package (deploy/tornado/flaskstack) on the venv's path, as the image has it.
+	echo "$(CURDIR)/deploy/tornado" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/flaskstack.pth"
 	touch $@
 
 .PHONY: lint

@@ -10,7 +10,7 @@ from flask import Flask
 
 from . import auth, bench, cli, echo, errors, events, health, middleware, openapi, posts, uploads
 from .config import ConfigError, load_config
-from .extensions import db, jwt, migrate
+from .extensions import db, jwt, migrate, stack
 from .logs import configure_logging
 from .validation import IdConverter
 
@@ -30,6 +30,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     app.url_map.converters["id"] = IdConverter
 
+    stack.init_app(app, db)  # before db.init_app: it sizes the pool
     db.init_app(app)
     jwt.init_app(app)
     auth.init_jwt(jwt)

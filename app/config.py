@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from flaskstack.settings import MAX_UPLOAD_MB_LIMIT
 from sqlalchemy.engine import make_url
 
 ENVIRONMENTS = ("production", "development", "testing")
@@ -50,7 +51,7 @@ INT_SETTINGS = {
     "DB_POOL_TIMEOUT": (1, 60),
     "DB_CONNECT_TIMEOUT": (1, 60),
     "DB_STATEMENT_TIMEOUT_MS": (0, 3_600_000),
-    "MAX_UPLOAD_MB": (1, 4096),
+    "MAX_UPLOAD_MB": (1, MAX_UPLOAD_MB_LIMIT),
     "BCRYPT_ROUNDS": (4, 31),
 }
 
@@ -95,8 +96,8 @@ def load_config(
     config["JWT_DECODE_ALGORITHMS"] = ["HS256"]
     uri = database_uri(settings["DATABASE_URL"], instance_path)
     config["SQLALCHEMY_DATABASE_URI"] = uri
-    config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(uri, settings)
-    # Flask-level overrides (e.g. SQLALCHEMY_ENGINE_OPTIONS in a test) win over derived values.
+    # Flask-level overrides (e.g. SQLALCHEMY_ENGINE_OPTIONS in a test) win over derived values;
+    # the pool itself is sized from the DB_* values by flaskstack.extension in create_app.
     config.update({k: v for k, v in (overrides or {}).items() if k not in ENV_DEFAULTS})
     return config
 
@@ -125,35 +126,6 @@ def database_uri(url: str | None, instance_path: str) -> str:
     if parsed.drivername in ("postgres", "postgresql"):
         parsed = parsed.set(drivername="postgresql+psycopg2")
     return parsed.render_as_string(hide_password=False)
-
-
-def engine_options(uri: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Size the pool to the worker threads and fail fast, so a starved request becomes a 503."""
-    url = make_url(uri)
-    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
-        return {}  # in-memory SQLite uses a single static connection, not a pool
-    options: dict[str, Any] = {
-        "pool_size": settings["DB_POOL_SIZE"],
-        "max_overflow": settings["DB_MAX_OVERFLOW"],
-        "pool_timeout": settings["DB_POOL_TIMEOUT"],
-        "pool_pre_ping": True,
-        "pool_recycle": 1800,
-    }
-    if url.get_backend_name() == "postgresql":
-        connect_args: dict[str, Any] = {
-            "connect_timeout": settings["DB_CONNECT_TIMEOUT"],
-            "application_name": "flaskstack-app",
-        }
-        # 0 keeps the server's (or role's) statement_timeout and idle_in_transaction timeout.
-        if timeout_ms := settings["DB_STATEMENT_TIMEOUT_MS"]:
-            connect_args["options"] = (
-                f"-c statement_timeout={timeout_ms} "
-                f"-c idle_in_transaction_session_timeout={timeout_ms}"
-            )
-        options["connect_args"] = connect_args
-    else:
-        options["connect_args"] = {"timeout": settings["DB_CONNECT_TIMEOUT"]}
-    return options
 
 
 def _int_setting(key: str, value: Any, low: int, high: int) -> int:

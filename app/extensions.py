@@ -7,6 +7,7 @@ from flask_cors import CORS
 from flask_jwt_extended import JWTManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
+from flaskstack.extension import FlaskStack
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
@@ -31,6 +32,7 @@ db = SQLAlchemy(model_class=Base)
 jwt = JWTManager()
 migrate = Migrate()
 cors = CORS()
+stack = FlaskStack()  # the stack's pool sizing, 503 on a database outage, metrics
 
 
 @event.listens_for(Engine, "connect")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from .contract import log_handler
+from flaskstack.contract import log_handler
 
 
 def configure_logging(level: str, fmt: str) -> None:

@@ -21,13 +21,18 @@ from typing import Any
 import socketio
 import tornado.httpserver
 import tornado.web
-from host import metrics
-from host import sio as socketio_host
-from host.realtime import EventSocket, Hub, PostgresListener, listen_target, subscribe_in_process
-from host.settings import Settings, configure_logging, load_wsgi_app
-from host.wsgi import REPLICA, WorkerPool, WSGIPath
-
-from app.contract import error_envelope, new_request_id, sane_request_id
+from flaskstack import metrics
+from flaskstack import sio as socketio_host
+from flaskstack.contract import error_envelope, new_request_id, sane_request_id
+from flaskstack.realtime import (
+    EventSocket,
+    Hub,
+    PostgresListener,
+    listen_target,
+    subscribe_in_process,
+)
+from flaskstack.settings import Settings, configure_logging, load_wsgi_app
+from flaskstack.wsgi import REPLICA, WorkerPool, WSGIPath
 
 log = logging.getLogger("host")
 access_log = logging.getLogger("access")

@@ -225,8 +225,8 @@ def test_socketio_room_events_cross_processes_over_notify(host_factory, app_env,
 def test_a_socketio_servers_notify_reaches_another_process(app_env):
     """What one replica's socket.io manager publishes (Notifier) another's listener hears."""
     sys.path.insert(0, str(ROOT / "deploy" / "tornado"))
-    from host.realtime import PostgresListener
-    from host.sio import Notifier
+    from flaskstack.realtime import PostgresListener
+    from flaskstack.sio import Notifier
 
     dsn = app_env["DATABASE_URL"].replace("postgresql+psycopg2", "postgresql")
     message = json.dumps({"method": "emit", "event": "x", "data": [secrets.token_hex(4)]})

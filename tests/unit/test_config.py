@@ -7,6 +7,7 @@ import pytest
 
 from app import create_app
 from app.config import ConfigError, load_config
+from flaskstack.extension import db_settings, engine_options
 
 STRONG = "k3Jq9x" * 8
 
@@ -77,7 +78,7 @@ def test_postgres_url_uses_psycopg2_and_a_small_fast_failing_pool(tmp_path: Path
     env = prod(DATABASE_URL="postgres://u:p@db:5432/app", DB_POOL_SIZE="8")
     config = load_config(None, str(tmp_path), environ=env)
     assert config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg2://u:p@db:5432/app"
-    options = config["SQLALCHEMY_ENGINE_OPTIONS"]
+    options = engine_options(config["SQLALCHEMY_DATABASE_URI"], db_settings(config, {}))
     assert options["pool_size"] == 8
     assert options["max_overflow"] <= 5
     assert options["pool_timeout"] <= 5
@@ -88,7 +89,8 @@ def test_postgres_url_uses_psycopg2_and_a_small_fast_failing_pool(tmp_path: Path
 
 def test_statement_timeout_can_be_set_per_connection(tmp_path: Path) -> None:
     env = prod(DATABASE_URL="postgresql://u@db/app", DB_STATEMENT_TIMEOUT_MS="5000")
-    options = load_config(None, str(tmp_path), environ=env)["SQLALCHEMY_ENGINE_OPTIONS"]
+    config = load_config(None, str(tmp_path), environ=env)
+    options = engine_options(config["SQLALCHEMY_DATABASE_URI"], db_settings(config, {}))
     assert "-c statement_timeout=5000" in options["connect_args"]["options"]
     assert "-c idle_in_transaction_session_timeout=5000" in options["connect_args"]["options"]
 

@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from flaskstack import contract
 
-from app import contract
 from app.config import ENV_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "tornado"))
-from host.settings import Settings  # noqa: E402
+from flaskstack.settings import Settings  # noqa: E402
 
 COMPOSE_FILES = sorted(ROOT.glob("docker-compose*.yml"))
 NGINX_CONF = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
@@ -116,7 +116,7 @@ def test_nginx_request_id_rule_is_the_contract() -> None:
 
 
 def test_nginx_routes_socketio_sessions_by_the_hosts_replica_names() -> None:
-    from host.sio import ROUTABLE_NAME
+    from flaskstack.sio import ROUTABLE_NAME
 
     match = re.search(
         r'map \$arg_sid \$io_upstream \{\s*"~\^\(\?<io_replica>(.+?)\)\\\." "\$io_replica:(\d+)"',

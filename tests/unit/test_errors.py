@@ -120,19 +120,18 @@ def test_connection_lost_at_teardown_keeps_the_built_response(
 ) -> None:
     """Postgres closing the connection after the view ran must not turn a 200 into a 500."""
     from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import Session
 
-    from app.extensions import db
-
-    real_remove = db.session.remove
+    real_close = Session.close
     calls: list[int] = []
 
-    def remove_on_a_dead_connection() -> None:
+    def close_on_a_dead_connection(session: Session) -> None:
         calls.append(1)
         if len(calls) == 1:  # the rollback in remove() meets a closed connection
             raise OperationalError("ROLLBACK", {}, Exception("server closed the connection"))
-        real_remove()
+        real_close(session)
 
-    monkeypatch.setattr(db.session, "remove", remove_on_a_dead_connection)
+    monkeypatch.setattr(Session, "close", close_on_a_dead_connection)
     response = client.get("/api/posts")
     assert response.status_code == 200
     assert calls  # the teardown really met the failure

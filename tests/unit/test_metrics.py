@@ -17,7 +17,7 @@ from tests.support import ROOT
 
 sys.path.insert(0, str(ROOT / "deploy" / "tornado"))
 
-from host.metrics import UNMATCHED, RequestMetrics, route_of
+from flaskstack.metrics import UNMATCHED, RequestMetrics, route_of
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

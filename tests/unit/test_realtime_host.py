@@ -20,7 +20,7 @@ from tests.support import ROOT
 
 sys.path.insert(0, str(ROOT / "deploy" / "tornado"))
 
-from host import sio as host_sio
+from flaskstack import sio as host_sio
 
 
 def test_broadcasts_reach_everyone_and_a_users_events_only_them(sqlite_host):

@@ -15,8 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.config import INT_SETTINGS
-from app.contract import log_handler
+from .contract import log_handler
+
+# The largest MAX_UPLOAD_MB any layer accepts (nginx, the host, the demo app's config).
+MAX_UPLOAD_MB_LIMIT = 4096
 
 
 def env_int(environ: Mapping[str, str], name: str, default: int, high: int | None = None) -> int:
@@ -81,13 +83,12 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         """Read every knob; an unset or empty variable keeps its default."""
         d = cls()
-        _, upload_max = INT_SETTINGS["MAX_UPLOAD_MB"]  # the app's own bound
         return cls(
             host=environ.get("HOST") or d.host,
             port=env_int(environ, "PORT", d.port),
             app_module=environ.get("APP_MODULE") or d.app_module,
             threads=env_int(environ, "APP_THREADS", d.threads),
-            upload_mb=env_int(environ, "MAX_UPLOAD_MB", d.upload_mb, upload_max),
+            upload_mb=env_int(environ, "MAX_UPLOAD_MB", d.upload_mb, MAX_UPLOAD_MB_LIMIT),
             idle_timeout=env_int(environ, "IDLE_TIMEOUT", d.idle_timeout),
             shutdown_timeout=env_int(environ, "SHUTDOWN_TIMEOUT", d.shutdown_timeout),
             shutdown_delay=float(environ.get("SHUTDOWN_DELAY") or d.shutdown_delay),

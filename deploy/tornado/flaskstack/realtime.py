@@ -16,8 +16,7 @@ from typing import Any
 import tornado.websocket
 from tornado.ioloop import IOLoop
 
-from app.contract import EVENT_CHANNEL, listen_dsn
-
+from .contract import EVENT_CHANNEL, listen_dsn
 from .wsgi import REPLICA
 
 log = logging.getLogger("host")

@@ -29,8 +29,7 @@ import tornado.web
 from socketio.async_pubsub_manager import AsyncPubSubManager
 from tornado.ioloop import IOLoop
 
-from app.contract import current_request_id, error_envelope, new_request_id, sane_request_id
-
+from .contract import current_request_id, error_envelope, new_request_id, sane_request_id
 from .realtime import Hub
 from .wsgi import REPLICA
 

@@ -26,8 +26,7 @@ import tornado.web
 from tornado.httputil import HTTPHeaders
 from tornado.ioloop import IOLoop
 
-from app.contract import error_envelope, new_request_id, sane_request_id
-
+from .contract import error_envelope, new_request_id, sane_request_id
 from .metrics import RequestMetrics
 
 log = logging.getLogger("host")
