@@ -9,8 +9,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from flaskstack.settings import MAX_UPLOAD_MB_LIMIT
 from sqlalchemy.engine import make_url
+
+from flaskstack.settings import MAX_UPLOAD_MB_LIMIT
 
 ENVIRONMENTS = ("production", "development", "testing")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

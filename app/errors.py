@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, g, has_request_context, jsonify
-from flaskstack.contract import error_code, error_envelope, error_message, new_request_id
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from flaskstack.contract import error_code, error_envelope, error_message, new_request_id
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
-from flaskstack.contract import EVENT_CHANNEL, listen_dsn
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session
+
+from flaskstack.contract import EVENT_CHANNEL, listen_dsn
 
 from .extensions import db
 

@@ -7,10 +7,11 @@ from flask_cors import CORS
 from flask_jwt_extended import JWTManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
-from flaskstack.extension import FlaskStack
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
+
+from flaskstack.extension import FlaskStack
 
 # Stable constraint names, so Alembic can alter them later (SQLite batch mode needs names).
 NAMING_CONVENTION = {

@@ -12,6 +12,7 @@ import time
 
 from flask import Flask, Response, g, request
 from flask.sessions import NullSession, SessionInterface
+
 from flaskstack.contract import current_request_id, new_request_id, sane_request_id
 
 from .extensions import cors

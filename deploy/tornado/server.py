@@ -21,6 +21,7 @@ from typing import Any
 import socketio
 import tornado.httpserver
 import tornado.web
+
 from flaskstack import metrics
 from flaskstack import sio as socketio_host
 from flaskstack.contract import error_envelope, new_request_id, sane_request_id

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from flaskstack import contract
 
 from app.config import ENV_DEFAULTS
+from flaskstack import contract
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "tornado"))

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from flaskstack.extension import FlaskStack, db_settings, engine_options
 from prometheus_client import REGISTRY
 from sqlalchemy import exc as sa_exc
+
+from flaskstack.extension import FlaskStack, db_settings, engine_options
 
 PG = "postgresql://u:p@db:5432/app"
 
