@@ -10,8 +10,15 @@ PYTHON ?= python3
 # `make dev` port; 5001 so it runs beside the stack's devserver baseline on 5000.
 DEV_PORT ?= 5001
 VENV ?= .venv
-# Images built from this repository.
-APP_IMAGE ?= flaskstack/app:local
+STACK := deploy/scripts/stack.sh
+# Your app (.env): its source folder (the build context of its image), its requirements file
+# (relative to that folder) and its image's name. Defaults: the demo app.
+APP_SOURCE ?= $(shell $(STACK) get APP_SOURCE .)
+APP_REQUIREMENTS ?= $(shell $(STACK) get APP_REQUIREMENTS requirements/app.lock)
+APP_IMAGE ?= $(shell $(STACK) get APP_IMAGE flaskstack/app:local)
+# Images built from this repository: the wheelhouse, the host (no app), nginx.
+WHEELS_IMAGE ?= flaskstack/wheels:local
+HOST_IMAGE ?= flaskstack/host:local
 NGINX_STACK_IMAGE ?= flaskstack/nginx:local
 # The test stack runs beside yours: its own project name, env file and ports.
 TEST_PROJECT ?= flaskstack-test
@@ -21,14 +28,13 @@ TEST_DEVSERVER_PORT ?= 15000
 TEST_TLS_PORT ?= 18443
 TEST_PROMETHEUS_PORT ?= 19090
 
-STACK := deploy/scripts/stack.sh
 # Replicas: from the command line or shell, else the env file, else .env.example (3).
 APP_REPLICAS ?= $(shell $(STACK) get APP_REPLICAS 3)
 # Base images: from the shell, else the env file, else .env.example (pinned tags).
 PYTHON_IMAGE ?= $(shell $(STACK) get PYTHON_IMAGE)
 NGINX_IMAGE ?= $(shell $(STACK) get NGINX_IMAGE)
 POSTGRES_IMAGE ?= $(shell $(STACK) get POSTGRES_IMAGE)
-export PROJECT ENV_FILE APP_IMAGE NGINX_STACK_IMAGE PYTHON_IMAGE NGINX_IMAGE POSTGRES_IMAGE
+export PROJECT ENV_FILE APP_IMAGE HOST_IMAGE NGINX_STACK_IMAGE PYTHON_IMAGE NGINX_IMAGE POSTGRES_IMAGE
 COMPOSE := $(STACK) compose
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:locust
@@ -75,6 +81,11 @@ scale: env ## Run N app replicas (make scale N=5); nginx finds them within 5 s, 
 
 .PHONY: rollout
 rollout: env ## Replace the app replicas one at a time (after `make images`), no failed request
+	$(STACK) rollout
+
+.PHONY: deploy
+deploy: images env ## Ship a new version: build, run the migration once, roll the replicas one at a time
+	$(STACK) migrate
 	$(STACK) rollout
 
 .PHONY: certs
@@ -129,23 +140,33 @@ restore: ## Restore BACKUP=backups/<time> into the running stack (FORCE=1 replac
 ##@ Images
 
 .PHONY: images
-images: ## Build every image the compose file names (stand-ins where no registry answers)
+images: ## Build every image: the host, your app on it (APP_SOURCE), nginx (stand-ins where no registry answers)
 	deploy/images/build.sh base
 	@if [[ $$($(STACK) get MONITORING 0) == 1 ]]; then deploy/images/build.sh monitoring; fi
-	deploy/images/build.sh wheels
-	docker build -q -f deploy/tornado/Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(APP_IMAGE) .
-	docker build -q -f deploy/nginx/Dockerfile --build-arg NGINX_IMAGE=$(NGINX_IMAGE) -t $(NGINX_STACK_IMAGE) .
+	APP_REQUIREMENTS_FILE=$(APP_SOURCE)/$(APP_REQUIREMENTS) deploy/images/build.sh wheels
+	docker build -q -f deploy/tornado/wheels.Dockerfile -t $(WHEELS_IMAGE) build/wheelhouse
+	docker build -q -f deploy/tornado/Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) \
+	  --build-arg WHEELS_IMAGE=$(WHEELS_IMAGE) -t $(HOST_IMAGE) deploy/tornado
+	docker build -q -f deploy/tornado/app.Dockerfile --build-arg HOST_IMAGE=$(HOST_IMAGE) \
+	  --build-arg WHEELS_IMAGE=$(WHEELS_IMAGE) --build-arg APP_REQUIREMENTS=$(APP_REQUIREMENTS) \
+	  -t $(APP_IMAGE) $(APP_SOURCE)
+	docker build -q --build-arg NGINX_IMAGE=$(NGINX_IMAGE) -t $(NGINX_STACK_IMAGE) deploy/nginx
 
 ##@ Development
 
 # The reloader restarts the server when a source file changes; the debugger (which runs code
 # typed into a browser page) stays off unless DEBUGGER=1, and listens on 127.0.0.1 only.
+# APP_MODULE and MIGRATE_COMMAND from .env, run in APP_SOURCE; your requirements must be in the
+# venv (.venv/bin/pip install -r ...). DATABASE_URL stays unset: the app's own default (SQLite).
+DEV_APP = $(shell $(STACK) get APP_MODULE 'app:create_app()')
+DEV_MIGRATE = $(shell $(STACK) get MIGRATE_COMMAND)
 .PHONY: dev
-dev: venv ## Run the app alone on Flask's built-in server with SQLite, restarting on code changes (no Docker; DEBUGGER=1)
-	APP_ENV=development $(VENV)/bin/flask --app app setup-db
+dev: venv ## Run the app alone on Flask's built-in server, restarting on code changes (no Docker; DEBUGGER=1)
+	cd $(APP_SOURCE) && PATH=$(CURDIR)/$(VENV)/bin:$$PATH APP_ENV=development FLASK_APP='$(DEV_APP)' \
+	  sh -c '$(or $(DEV_MIGRATE),true)'
 	@echo "serving on http://127.0.0.1:$(DEV_PORT)/, restarting on code changes (Ctrl-C to stop)"
-	APP_ENV=development LOG_FORMAT=text $(VENV)/bin/flask --app app run --port $(DEV_PORT) \
-	  --reload $(if $(filter 1,$(DEBUGGER)),--debugger,--no-debugger)
+	cd $(APP_SOURCE) && APP_ENV=development LOG_FORMAT=text $(CURDIR)/$(VENV)/bin/flask \
+	  --app '$(DEV_APP)' run --port $(DEV_PORT) --reload $(if $(filter 1,$(DEBUGGER)),--debugger,--no-debugger)
 
 # One replica: every replica restarts on the same change, and nginx benches a replica that
 # refused a connection for 10 s, so with several a change could leave none to answer.
@@ -175,6 +196,7 @@ lint: venv ## Lint and check formatting with ruff
 lock: ## Re-lock requirements/*.lock from requirements/*.in (needs PyPI)
 	$(PYTHON) -m pip install -q uv
 	cd requirements && uv pip compile app.in --python-version 3.13 --python-platform x86_64-manylinux_2_28 --generate-hashes -o app.lock -q
+	cd deploy/tornado && uv pip compile requirements.in -c ../../requirements/app.lock --python-version 3.13 --python-platform x86_64-manylinux_2_28 --generate-hashes -o requirements.lock -q
 	cd requirements && uv pip compile dev.in -c app.lock --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes -o dev.lock -q
 
 ##@ Tests

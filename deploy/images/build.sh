@@ -4,8 +4,10 @@
 #   build.sh base     PYTHON_IMAGE, NGINX_IMAGE, POSTGRES_IMAGE: reuse what is there, else pull
 #                     the official tag, else build a stand-in from Debian packages (debootstrap
 #                     + docker import) that honours the parts of the official image the stack uses.
-#   build.sh wheels   build/wheelhouse/ from requirements/app.lock for CPython 3.13 manylinux
-#                     x86_64, so no `docker build` step needs the network.
+#   build.sh wheels   build/wheelhouse/ from the host's lock (deploy/tornado/requirements.lock)
+#                     and the app's requirements (APP_REQUIREMENTS_FILE, default the demo's
+#                     requirements/app.lock) for CPython 3.13 manylinux x86_64, so no
+#                     `docker build` step needs the network.
 #   build.sh all      wheels, then base.
 #   build.sh status   what each image name resolves to now.
 #   build.sh names    the image names in use, as NAME=value lines.
@@ -661,27 +663,53 @@ cmd_clean() {
 # ---------------------------------------------------------------------------------------------
 # Wheelhouse
 
-WHEEL_ARGS=(--only-binary=:all: --python-version 3.13 --implementation cp
-	--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --require-hashes)
+TARGET_ARGS=(--python-version 3.13 --implementation cp
+	--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64)
+BINARY_ARGS=(--only-binary=:all: "${TARGET_ARGS[@]}")
+WHEEL_ARGS=("${BINARY_ARGS[@]}" --require-hashes)
 
+# The app's requirements file: APP_REQUIREMENTS_FILE (the Makefile passes APP_SOURCE's
+# APP_REQUIREMENTS), else the demo's lock.
 cmd_wheels() {
-	local lock=$ROOT/requirements/app.lock dest=$BUILD_DIR/wheelhouse t0 want pip
+	local host_lock=$ROOT/deploy/tornado/requirements.lock dest=$BUILD_DIR/wheelhouse t0 want pip
+	local app_req=${APP_REQUIREMENTS_FILE:-$ROOT/requirements/app.lock}
 	t0=$(now_ms)
-	[ -f "$lock" ] || die "missing $lock"
-	want=$({ sha256sum <"$lock"; echo "${WHEEL_ARGS[*]}"; } | sha256sum | cut -c1-16)
+	[ -f "$host_lock" ] || die "missing $host_lock"
+	[ -f "$app_req" ] || die "missing $app_req: set APP_SOURCE and APP_REQUIREMENTS (relative to it) in .env"
+	want=$({ cat "$host_lock" "$app_req"; echo "${WHEEL_ARGS[*]}"; } | sha256sum | cut -c1-16)
 	mkdir -p "$BUILD_DIR"
 	exec 8>"$BUILD_DIR/.wheels.lock"
 	flock 8
 	if [ -f "$dest/.stamp" ] && [ "$(cat "$dest/.stamp")" = "$want" ]; then
-		say "wheels: up to date ($(find "$dest" -name '*.whl' | wc -l) wheels, lock unchanged)"
+		say "wheels: up to date ($(find "$dest" -name '*.whl' | wc -l) wheels, requirements unchanged)"
 		return 0
 	fi
 	if [ -x "$ROOT/.venv/bin/python" ]; then pip=("$ROOT/.venv/bin/python" -m pip); else pip=(python3 -m pip); fi
-	say "wheels: pip download for CPython 3.13 manylinux x86_64 from ${lock#"$ROOT"/}"
+	pip+=(download --quiet --disable-pip-version-check --no-input --dest "$dest.tmp")
 	rm -rf "$dest.tmp"
 	mkdir -p "$dest.tmp"
-	"${pip[@]}" download --quiet --disable-pip-version-check --no-input --dest "$dest.tmp" \
-		"${WHEEL_ARGS[@]}" -r "$lock"
+	say "wheels: pip download for CPython 3.13 manylinux x86_64 from ${host_lock#"$ROOT"/} and ${app_req#"$ROOT"/}"
+	# A lock names every package already: --no-deps, since pip would otherwise judge markers
+	# such as python_full_version by the host's Python, not 3.13.
+	"${pip[@]}" "${WHEEL_ARGS[@]}" --no-deps -r "$host_lock"
+	# The app's file may have no hashes (pip checks them when it has); a file with hashes is a
+	# lock, taken as it is, and one without is resolved.
+	local resolve=()
+	grep -q -- '--hash=' "$app_req" && resolve=(--no-deps)
+	if ! "${pip[@]}" "${BINARY_ARGS[@]}" "${resolve[@]}" -r "$app_req" 2>"$dest.tmp/.pip.err"; then
+		# A requirement published only as a source distribution: take each one as it is
+		# published (a wheel where there is one), without resolving again; the app build turns
+		# a source distribution into a wheel with the image's own Python, and pip checks it
+		# against the file's hash first when the file has hashes.
+		say "wheels: not every requirement has a wheel for CPython 3.13; taking source distributions for those"
+		"${pip[@]}" --no-deps --prefer-binary "${TARGET_ARGS[@]}" -r "$app_req" \
+			|| { cat "$dest.tmp/.pip.err" >&2; die "wheels: pip could not fetch ${app_req#"$ROOT"/}"; }
+	fi
+	rm -f "$dest.tmp/.pip.err"
+	if find "$dest.tmp" -name '*.tar.gz' -o -name '*.zip' | grep -q .; then
+		# What pip needs to build a source distribution, offline.
+		"${pip[@]}" "${BINARY_ARGS[@]}" setuptools wheel
+	fi
 	echo "$want" >"$dest.tmp/.stamp"
 	rm -rf "$dest"
 	mv "$dest.tmp" "$dest"

@@ -56,7 +56,7 @@ env_value() {  # env_value NAME [DEFAULT]: the shell's value, else the env file'
 
 make_env() {  # create ENV_FILE from .env.example with fresh secrets, once; later, add the
               # generated secrets a newer .env.example asks for and ENV_FILE lacks
-    python3 - "$ENV_FILE" <<'PY'
+    python3 - "$ENV_FILE" <<'PY' || return 1
 import os, secrets, sys
 path = sys.argv[1]
 generated = {"SECRET_KEY", "JWT_SECRET_KEY", "POSTGRES_PASSWORD", "ADMIN_PASSWORD",
@@ -84,6 +84,12 @@ with open(path, "x", encoding="utf-8") as out:
 os.chmod(path, 0o600)
 print(f"created {path} with fresh secrets (chmod 600)")
 PY
+    local app_env
+    app_env=$(env_value APP_ENV_FILE app.env)
+    if [[ -n $app_env && ! -e $app_env ]]; then
+        (umask 077 && echo "# Your app's own settings (KEY=value), for its containers only." >"$app_env")
+        echo "created $app_env for your app's own settings (chmod 600)"
+    fi
 }
 
 container_state() {  # container_state ID: health status, or the run state when it has no healthcheck
@@ -222,8 +228,10 @@ urls() {
     port=$(env_value STACK_PORT 8080)
     dev=$(env_value DEVSERVER_PORT 5000)
     echo
-    echo "  stack (nginx → $(compose ps -q app | wc -l) app replicas):  http://$bind:$port/"
-    echo "    API description:                 http://$bind:$port/openapi.json"
+    echo "  stack (nginx → $(compose ps -q app | wc -l) replicas of $(env_value APP_MODULE 'app:create_app()')):  http://$bind:$port/"
+    if demo_app; then
+        echo "    API description:                 http://$bind:$port/openapi.json"
+    fi
     echo "    websocket events:                ws://$bind:$port/ws"
     if [[ $(env_value TLS_ENABLED 0) == 1 ]]; then
         echo "    HTTPS (HTTP/2):                  https://$bind:$(env_value TLS_PORT 8443)/"
@@ -234,8 +242,19 @@ urls() {
     if devserver_running; then
         echo "  baseline (Flask built-in server):  http://$bind:$dev/"
     fi
-    echo "  admin user: $(env_value ADMIN_USERNAME admin), password in $ENV_FILE"
+    if demo_app; then
+        echo "  admin user: $(env_value ADMIN_USERNAME admin), password in $ENV_FILE"
+    fi
     echo
+}
+
+demo_app() {  # the stack serves the demo app (APP_SOURCE is this repository)
+    [[ $(env_value APP_SOURCE .) == . && $(env_value APP_MODULE 'app:create_app()') == 'app:create_app()' ]]
+}
+
+migrate() {  # run the app's migration (MIGRATE_COMMAND) once, in a new container of the image
+    echo "running the migration: $(env_value MIGRATE_COMMAND '(none)')"
+    compose run --rm migrate || { echo "the migration failed: no replica was replaced" >&2; return 1; }
 }
 
 rollout() {  # replace app replicas one at a time: start the new one, wait healthy, drain the old
@@ -270,7 +289,7 @@ rollout() {  # replace app replicas one at a time: start the new one, wait healt
     echo "  shared the new image's static files with nginx"
 }
 
-cmd=${1:?usage: stack.sh compose|env|get|up|wait|baseline|diagnose|urls|rollout ...}
+cmd=${1:?usage: stack.sh compose|env|get|up|wait|baseline|diagnose|urls|migrate|rollout ...}
 shift
 case $cmd in
     compose) compose "$@" ;;
@@ -281,6 +300,7 @@ case $cmd in
     wait) wait_healthy "$@" ;;
     diagnose) diagnose ;;
     urls) urls ;;
+    migrate) migrate ;;
     rollout) rollout ;;
     *) echo "unknown command: $cmd" >&2; exit 2 ;;
 esac

@@ -110,7 +110,14 @@ def configure_logging(settings: Settings) -> None:
 
 
 def load_wsgi_app(spec: str) -> Callable[..., Any]:
-    """Import "module:attr" or "module:factory()", the form gunicorn takes."""
+    """Import "module:attr" or "module:factory()", the form gunicorn takes.
+
+    As gunicorn does, the working directory (the app image's /srv/app) comes first on the import
+    path, so the app's own package is found whatever it is called.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     module_name, _, expr = spec.partition(":")
     expr = expr or "application"
     call = expr.endswith("()")
