@@ -680,14 +680,15 @@ cmd_wheels() {
 	mkdir -p "$BUILD_DIR"
 	exec 8>"$BUILD_DIR/.wheels.lock"
 	flock 8
-	if [ -f "$dest/.stamp" ] && [ "$(cat "$dest/.stamp")" = "$want" ]; then
+	# One wheelhouse for every app built here (the demo, yours, the tests' example): each set of
+	# requirements adds its files, and .stamps remembers the sets already fetched.
+	if grep -qxF "$want" "$dest/.stamps" 2>/dev/null; then
 		say "wheels: up to date ($(find "$dest" -name '*.whl' | wc -l) wheels, requirements unchanged)"
 		return 0
 	fi
 	if [ -x "$ROOT/.venv/bin/python" ]; then pip=("$ROOT/.venv/bin/python" -m pip); else pip=(python3 -m pip); fi
-	pip+=(download --quiet --disable-pip-version-check --no-input --dest "$dest.tmp")
-	rm -rf "$dest.tmp"
-	mkdir -p "$dest.tmp"
+	pip+=(download --quiet --disable-pip-version-check --no-input --dest "$dest")
+	mkdir -p "$dest"
 	say "wheels: pip download for CPython 3.13 manylinux x86_64 from ${host_lock#"$ROOT"/} and ${app_req#"$ROOT"/}"
 	# A lock names every package already: --no-deps, since pip would otherwise judge markers
 	# such as python_full_version by the host's Python, not 3.13.
@@ -696,23 +697,21 @@ cmd_wheels() {
 	# lock, taken as it is, and one without is resolved.
 	local resolve=()
 	grep -q -- '--hash=' "$app_req" && resolve=(--no-deps)
-	if ! "${pip[@]}" "${BINARY_ARGS[@]}" "${resolve[@]}" -r "$app_req" 2>"$dest.tmp/.pip.err"; then
+	if ! "${pip[@]}" "${BINARY_ARGS[@]}" "${resolve[@]}" -r "$app_req" 2>"$BUILD_DIR/.pip.err"; then
 		# A requirement published only as a source distribution: take each one as it is
 		# published (a wheel where there is one), without resolving again; the app build turns
 		# a source distribution into a wheel with the image's own Python, and pip checks it
 		# against the file's hash first when the file has hashes.
 		say "wheels: not every requirement has a wheel for CPython 3.13; taking source distributions for those"
 		"${pip[@]}" --no-deps --prefer-binary "${TARGET_ARGS[@]}" -r "$app_req" \
-			|| { cat "$dest.tmp/.pip.err" >&2; die "wheels: pip could not fetch ${app_req#"$ROOT"/}"; }
+			|| { cat "$BUILD_DIR/.pip.err" >&2; die "wheels: pip could not fetch ${app_req#"$ROOT"/}"; }
 	fi
-	rm -f "$dest.tmp/.pip.err"
-	if find "$dest.tmp" -name '*.tar.gz' -o -name '*.zip' | grep -q .; then
+	rm -f "$BUILD_DIR/.pip.err"
+	if find "$dest" -name '*.tar.gz' -o -name '*.zip' | grep -q .; then
 		# What pip needs to build a source distribution, offline.
 		"${pip[@]}" "${BINARY_ARGS[@]}" setuptools wheel
 	fi
-	echo "$want" >"$dest.tmp/.stamp"
-	rm -rf "$dest"
-	mv "$dest.tmp" "$dest"
+	echo "$want" >>"$dest/.stamps"
 	say "wheels: $(find "$dest" -name '*.whl' | wc -l) wheels, $(du -sm "$dest" | cut -f1) MB in ${dest#"$ROOT"/}/ ($(since "$t0"))"
 }
 
