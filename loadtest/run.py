@@ -3,7 +3,7 @@
     python -m loadtest.run                      # defaults: under 10 minutes on 2 cores
     SCENARIOS=json,db ROUNDS=5 python -m loadtest.run
     SMOKE=1 python -m loadtest.run              # a few seconds per scenario (CI)
-    LOCUSTFILE=examples/hello/locustfile.py python -m loadtest.run   # your own scenarios
+    LOCUSTFILE=examples/microblog/locustfile.py python -m loadtest.run   # your own scenarios
     SHAPE=step SCENARIOS=json python -m loadtest.run   # find each target's knee
 
 Every setting is an environment variable and the same-named flag (`--users 20`); see

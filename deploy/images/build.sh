@@ -681,8 +681,8 @@ cmd_wheels() {
 	exec 8>"$BUILD_DIR/.wheels.lock"
 	flock 8
 	# One wheelhouse for every app built here (the demo, yours, the tests' example): each set of
-	# requirements adds its files, and .stamps remembers the sets already fetched.
-	if grep -qxF "$want" "$dest/.stamps" 2>/dev/null; then
+	# requirements adds its files, and wheelhouse.stamps beside it remembers the sets already fetched.
+	if grep -qxF "$want" "$dest.stamps" 2>/dev/null; then
 		say "wheels: up to date ($(find "$dest" -name '*.whl' | wc -l) wheels, requirements unchanged)"
 		return 0
 	fi
@@ -711,7 +711,7 @@ cmd_wheels() {
 		# What pip needs to build a source distribution, offline.
 		"${pip[@]}" "${BINARY_ARGS[@]}" setuptools wheel
 	fi
-	echo "$want" >>"$dest/.stamps"
+	echo "$want" >>"$dest.stamps"
 	say "wheels: $(find "$dest" -name '*.whl' | wc -l) wheels, $(du -sm "$dest" | cut -f1) MB in ${dest#"$ROOT"/}/ ($(since "$t0"))"
 }
 

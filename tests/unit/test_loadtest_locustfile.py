@@ -13,7 +13,7 @@ from loadtest.driver import MEASUREFILE, Driver
 from tests.unit.test_loadtest_report import results_with, run
 
 ROOT = Path(__file__).resolve().parents[2]
-HELLO = ROOT / "examples" / "hello" / "locustfile.py"
+EXAMPLE_LOCUSTFILE = ROOT / "examples" / "microblog" / "locustfile.py"
 
 
 @pytest.fixture(autouse=True)
@@ -24,16 +24,16 @@ def _no_env_settings(monkeypatch):
 
 def test_each_user_class_is_a_scenario_named_after_it(monkeypatch):
     monkeypatch.chdir(ROOT)
-    cfg = parse_config(["--locustfile", "examples/hello/locustfile.py"])
-    assert cfg.locustfile == str(HELLO)
-    assert cfg.scenarios == ["HelloUser", "StaticUser"]
-    assert cfg.classes == {"HelloUser": "HelloUser", "StaticUser": "StaticUser"}
+    cfg = parse_config(["--locustfile", "examples/microblog/locustfile.py"])
+    assert cfg.locustfile == str(EXAMPLE_LOCUSTFILE)
+    assert cfg.scenarios == ["PageUser", "StaticUser"]
+    assert cfg.classes == {"PageUser": "PageUser", "StaticUser": "StaticUser"}
     # Run beside the window counter; the ceiling keeps the demo's own constant.
-    assert Driver(cfg, ROOT, []).scenario_files() == [HELLO, MEASUREFILE]
+    assert Driver(cfg, ROOT, []).scenario_files() == [EXAMPLE_LOCUSTFILE, MEASUREFILE]
 
 
 def test_scenarios_pick_among_the_files_classes(monkeypatch):
-    monkeypatch.setenv("LOCUSTFILE", str(HELLO))
+    monkeypatch.setenv("LOCUSTFILE", str(EXAMPLE_LOCUSTFILE))
     monkeypatch.setenv("SCENARIOS", "StaticUser")
     assert parse_config([]).scenarios == ["StaticUser"]
     monkeypatch.setenv("SCENARIOS", "json")
@@ -100,12 +100,12 @@ def test_the_window_counts_once_however_many_files_ask(monkeypatch):
 
 def test_the_report_names_the_locustfile(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    cfg = parse_config(["--locustfile", str(HELLO)])
+    cfg = parse_config(["--locustfile", str(EXAMPLE_LOCUSTFILE)])
     runs = [run(sc, t, 1, 100.0) for sc in cfg.scenarios for t in ("stack", "builtin")]
     doc = results_with(runs, cfg=cfg)
     report.write_report(tmp_path, doc)
     text = (tmp_path / "report.md").read_text()
-    assert f"your locustfile `{HELLO}` (HelloUser, StaticUser)" in text
-    assert f"LOCUSTFILE={HELLO} SCENARIOS=HelloUser,StaticUser" in text
-    assert "| HelloUser | stack |" in text and "| StaticUser | builtin |" in text
+    assert f"your locustfile `{EXAMPLE_LOCUSTFILE}` (PageUser, StaticUser)" in text
+    assert f"LOCUSTFILE={EXAMPLE_LOCUSTFILE} SCENARIOS=PageUser,StaticUser" in text
+    assert "| PageUser | stack |" in text and "| StaticUser | builtin |" in text
     assert "`api` users take accounts" not in text
