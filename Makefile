@@ -174,7 +174,8 @@ DEV_REPLICAS ?= 1
 
 .PHONY: dev-stack
 dev-stack: images env ## The whole stack on your checkout; a replica's host restarts when a .py file changes
-	DEV=1 APP_ENV=development $(STACK) up $(DEV_REPLICAS)
+	DEV=1 APP_ENV=development DEV_SOURCE=$(or $(shell $(STACK) get DEV_SOURCE),$(APP_SOURCE)) \
+	  $(STACK) up $(DEV_REPLICAS)
 	$(STACK) urls
 
 .PHONY: venv

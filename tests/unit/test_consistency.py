@@ -29,7 +29,7 @@ NGINX_SERVER = (ROOT / "deploy" / "nginx" / "snippets" / "app-server.conf").read
 RESERVED_CONNECTIONS = 20
 LARGEST_SCALE = 5  # `make scale N=5`, the largest scale the defaults are sized for
 # Knobs documented as empty because they default to another knob's value.
-DERIVED = {"SWARM_PORT": "STACK_PORT"}
+DERIVED = {"SWARM_PORT": "STACK_PORT", "DEV_SOURCE": "APP_SOURCE"}
 
 
 def env_example() -> dict[str, str]:
