@@ -9,8 +9,9 @@ default) it refuses to start anything, so the override cannot ship to production
 The source is DEV_SOURCE_DIR (/src unless set; docker-compose.dev.yml mounts it at /srv/app).
 Every 0.5 s it compares the modified times of the .py files there (hidden directories,
 __pycache__, build and virtualenvs left out; a few hundred files cost nothing measurable). On
-a change it sends the command SIGTERM, so the host drains as on any stop, and starts it again. SIGTERM and SIGINT to this process go to the
-command, and this process exits with the command's status. Standard library only.
+a change it sends the command SIGTERM, so the host drains as on any stop, and starts it again.
+SIGTERM and SIGINT to this process go to the command, and this process exits with the command's
+status. Standard library only.
 """
 
 from __future__ import annotations
