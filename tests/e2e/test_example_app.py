@@ -27,6 +27,7 @@ import requests
 from tests.support import ROOT, free_port, run, stack, wait_for
 
 EXAMPLE = ROOT / "examples" / "microblog"
+SOURCE_ONLY = "docopt==0.6.2"  # no wheel on PyPI, only docopt-0.6.2.tar.gz
 DEMO_TABLES = {"users", "posts", "uploads", "world", "fortune", "idempotency_keys"}
 # What the stack's own test environment exports, which would otherwise win over the env file.
 INHERITED = (
@@ -60,6 +61,9 @@ def example(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("example")
     source = workdir / "microblog"
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("*.db", "__pycache__"))
+    # Like many projects, this one has a requirement published only as a source distribution.
+    with (source / "requirements.txt").open("a") as requirements:
+        requirements.write(f"{SOURCE_ONLY}\n")
     env_file = workdir / "example.env"
     project = f"{os.environ.get('PROJECT', 'flaskstack-test')}-example"
     env = {k: v for k, v in os.environ.items() if k not in INHERITED}
@@ -197,6 +201,12 @@ def test_its_tables_exist_and_the_demos_do_not(example):
     head = (EXAMPLE / "migrations" / "versions").glob("*.py")
     revisions = {p.name.split("_", 1)[0] for p in head}
     assert psql(example, "select version_num from alembic_version") in revisions
+
+
+def test_a_requirement_with_no_wheel_was_built_into_the_image(example):
+    (replica, *_) = containers(example, "app")
+    version = docker("exec", replica, "python3", "-c", "import docopt; print(docopt.__version__)")
+    assert version == SOURCE_ONLY.split("==")[1]
 
 
 def test_its_own_settings_reach_it(example):
