@@ -38,6 +38,7 @@ from flaskstack.wsgi import REPLICA, WorkerPool, WSGIPath
 log = logging.getLogger("host")
 access_log = logging.getLogger("access")
 DRAIN_IDLE = 1.0  # seconds without a request before a draining host closes idle connections
+POOL_STOP_S = 2.0  # seconds the pool threads get to leave the app once connections are closed
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -212,8 +213,10 @@ async def main() -> None:
     if listener is not None:
         listener.close()
         listener_task.cancel()
-    # Requests are done; wait for nothing else in the pool (e.g. a stray background job).
-    await loop.run_in_executor(None, pool.shutdown)
+    # Requests are done; wait for nothing else in the pool (e.g. a stray background job). A
+    # stream cut at the deadline ends when its app yields again; one that never does (a
+    # generator blocked on an event that does not come) is not waited for past POOL_STOP_S.
+    await loop.run_in_executor(None, pool.shutdown, POOL_STOP_S)
     log.info("stopped")
 
 

@@ -19,7 +19,7 @@ from tornado.websocket import websocket_connect
 
 from tests.hostproc import Host
 from tests.sioclient import Listener, close_all, upload
-from tests.support import ROOT
+from tests.support import ROOT, wait_for
 
 OPEN_SOCKETS: list = []
 
@@ -138,6 +138,176 @@ def test_open_websockets_get_1001_on_shutdown(host_factory):
     code, _ = asyncio.run(closing(scenario()))
     assert code == 1001
     assert host.proc.wait(timeout=15) == 0
+
+
+# --- streamed responses ------------------------------------------------------------------------
+
+
+def read_until(sock: socket.socket, marker: bytes, data: bytes = b"") -> bytes:
+    """Read from sock until marker arrives (each recv bounded by the socket's timeout)."""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before {marker!r} arrived: {data[-300:]!r}"
+        data += chunk
+        assert len(data) < 1 << 20, "far more than expected"
+    return data
+
+
+def host_lines(host: Host, logger: str) -> list[dict]:
+    lines = [json.loads(line) for line in host.output().splitlines() if line.startswith("{")]
+    return [e for e in lines if e["logger"] == logger]
+
+
+def test_an_endless_event_stream_answers_before_it_ends(host_factory):
+    """An endless generator (Server-Sent Events) gets its first events to the client at once:
+    a host that buffered the body would never answer."""
+    host = host_factory(APP_MODULE="hostapps:app")
+    with requests.get(f"{host.url}/events", stream=True, timeout=10) as r:
+        assert r.status_code == 200
+        assert r.headers["Content-Type"] == "text/event-stream"
+        assert r.headers["Transfer-Encoding"] == "chunked"
+        assert "Content-Length" not in r.headers
+        data = []
+        for line in r.iter_lines():
+            if line.startswith(b"data: "):
+                data.append(line.removeprefix(b"data: "))
+            if len(data) == 3:
+                break
+    assert data == [b"1", b"2", b"3"]
+
+
+def test_a_generator_of_many_chunks_arrives_whole_and_in_order(host_factory):
+    host = host_factory(APP_MODULE="hostapps:app", ACCESS_LOG="1")
+    r = requests.get(f"{host.url}/chunks", headers={"X-Request-ID": "chunks.1"}, timeout=10)
+    assert r.status_code == 200
+    assert r.headers["Transfer-Encoding"] == "chunked"
+    assert "Content-Length" not in r.headers
+    assert r.content == b"".join(b"%05d\n" % n for n in range(500))
+    # The raw framing: chunks, then the last chunk that ends the body on a kept-alive connection.
+    with socket.create_connection(("127.0.0.1", host.port), timeout=10) as sock:
+        sock.sendall(b"GET /chunks HTTP/1.1\r\nHost: test\r\n\r\n")
+        raw = read_until(sock, b"\r\n0\r\n\r\n")
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        rest = read_until(sock, b"hello from a minimal WSGI app")
+    assert b"\r\nTransfer-Encoding: chunked\r\n" in raw
+    assert rest.startswith(b"HTTP/1.1 200 ")
+    # One access line once the stream is over (written after its last chunk went out), with
+    # the bytes of the whole body.
+    wait_for(lambda: access_lines(host, "/chunks"), 10, "the access line", poll=0.05)
+    entry = next(e for e in access_lines(host, "/chunks") if e["request_id"] == "chunks.1")
+    assert entry["status"] == 200
+    assert entry["bytes"] == 500 * 6
+
+
+def test_a_client_leaving_a_stream_frees_its_pool_thread(host_factory):
+    """With one pool thread, a request after the client hung up on an endless stream is
+    served: the host stopped iterating and closed the generator (its finally ran)."""
+    host = host_factory(APP_MODULE="hostapps:app", APP_THREADS="1")
+    with socket.create_connection(("127.0.0.1", host.port), timeout=10) as sock:
+        sock.sendall(b"GET /events?left-early HTTP/1.1\r\nHost: test\r\n\r\n")
+        read_until(sock, b"event: tick")
+    r = requests.get(f"{host.url}/hello", timeout=10)  # queued behind the stream until it ends
+    assert r.status_code == 200
+    closed = [e for e in host_lines(host, "hostapps") if e["message"] == "event stream closed"]
+    assert [e["stream"] for e in closed] == ["left-early"]
+    metrics = requests.get(f"{host.url}/metrics", timeout=5).text
+    assert "flaskstack_requests_in_flight 0.0" in metrics
+
+
+def test_a_stream_failing_before_its_first_chunk_is_a_500_envelope(host_factory):
+    host = host_factory(APP_MODULE="hostapps:app")
+    r = requests.get(f"{host.url}/fail-first", headers={"X-Request-ID": "fail.1"}, timeout=10)
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "internal_error"
+    assert r.json()["request_id"] == "fail.1"
+    assert "secret" not in r.text
+    assert "secret detail of a failed stream" in host.output()
+
+
+def test_a_stream_failing_after_its_headers_is_cut_short(host_factory):
+    """The status line is out: the host logs the error and closes the connection, so the
+    client sees a chunked body without its last chunk rather than waiting."""
+    host = host_factory(APP_MODULE="hostapps:app")
+    response = raw_request(host.port, b"GET /fail-later HTTP/1.1\r\nHost: test\r\n\r\n")
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"Transfer-Encoding: chunked" in head
+    assert b"first chunk" in body
+    assert not body.endswith(b"0\r\n\r\n")
+    assert "the stream broke after its headers" in host.output()
+    assert requests.get(f"{host.url}/hello", timeout=5).status_code == 200
+
+
+def test_a_single_chunk_response_keeps_its_content_length(host_factory):
+    host = host_factory(APP_MODULE="hostapps:app")
+    r = requests.get(f"{host.url}/hello", timeout=5)
+    assert r.headers["Content-Length"] == str(len(b"hello from a minimal WSGI app"))
+    assert "Transfer-Encoding" not in r.headers
+
+
+def test_head_on_a_plain_wsgi_app_sends_headers_only(host_factory):
+    """The app returns its body for HEAD too; the host drops it, and the connection lives on."""
+    host = host_factory(APP_MODULE="hostapps:app")
+    with socket.create_connection(("127.0.0.1", host.port), timeout=10) as sock:
+        sock.sendall(b"HEAD /hello HTTP/1.1\r\nHost: test\r\n\r\n")
+        head = read_until(sock, b"\r\n\r\n")
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        rest = read_until(sock, b"hello from a minimal WSGI app")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"Content-Length: 29\r\n" in head
+    assert rest.startswith(b"HTTP/1.1 200 "), rest[:200]  # no body bytes came before it
+
+
+def test_flask_ordinary_and_streamed_responses(host_factory):
+    """Werkzeug hands back an iterable, not a list: a whole response still goes out with its
+    Content-Length, and a stream_with_context generator streams with its request at hand."""
+    host = host_factory(APP_MODULE="hostapps:flask_app")
+    r = requests.get(f"{host.url}/json", timeout=5)
+    assert r.json() == {"hello": "from flask"}
+    assert r.headers["Content-Length"] == str(len(r.content))
+    assert "Transfer-Encoding" not in r.headers
+    r = requests.get(f"{host.url}/stream?n=50", timeout=10)
+    assert r.status_code == 200
+    assert r.headers["Transfer-Encoding"] == "chunked"
+    assert r.text == "".join(f"/stream line {n}\n" for n in range(50))
+    assert r.headers["X-Served-By"] == socket.gethostname()
+
+
+def test_sigterm_closes_a_stream_still_running_at_the_drain_deadline(host_factory):
+    host = host_factory(APP_MODULE="hostapps:app", SHUTDOWN_TIMEOUT="2")
+    with socket.create_connection(("127.0.0.1", host.port), timeout=10) as sock:
+        sock.sendall(b"GET /events?at-drain HTTP/1.1\r\nHost: test\r\n\r\n")
+        data = read_until(sock, b"event: tick")
+        host.proc.send_signal(signal.SIGTERM)
+        while chunk := sock.recv(65536):  # until the host closes it (recv bounded by 10 s)
+            data += chunk
+    assert not data.endswith(b"0\r\n\r\n")  # cut, not finished
+    assert host.proc.wait(timeout=15) == 0
+    assert "drain timed out" in host.output()
+    closed = [e for e in host_lines(host, "hostapps") if e["message"] == "event stream closed"]
+    assert [e["stream"] for e in closed] == ["at-drain"]
+
+
+# --- the request id, for any app ---------------------------------------------------------------
+
+
+def test_a_plain_wsgi_app_gets_the_request_id_in_its_headers_and_log_lines(host_factory):
+    """No Flask, no middleware: the host sets current_request_id for the call and adds
+    X-Request-ID and X-Served-By to the response."""
+    host = host_factory(APP_MODULE="hostapps:app")
+    r = requests.get(f"{host.url}/logged", headers={"X-Request-ID": "plain.7"}, timeout=5)
+    assert r.headers["X-Request-ID"] == "plain.7"
+    assert r.headers["X-Served-By"] == socket.gethostname()
+    r = requests.get(f"{host.url}/logged", headers={"X-Request-ID": "not sane!"}, timeout=5)
+    fresh = r.headers["X-Request-ID"]
+    assert len(fresh) == 32 and fresh != "not sane!"
+    r = requests.get(f"{host.url}/hello", headers={"X-Request-ID": "quiet.1"}, timeout=5)
+    assert r.headers["X-Request-ID"] == "quiet.1"
+    logged = [
+        e for e in host_lines(host, "hostapps") if e["message"] == "a line from a plain WSGI app"
+    ]
+    assert [e["request_id"] for e in logged] == ["plain.7", fresh]
+    assert all(e["request_id"] is None for e in host_lines(host, "host"))  # reset after each
 
 
 # --- with the real app and the test Postgres --------------------------------------------------

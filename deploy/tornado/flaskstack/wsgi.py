@@ -3,6 +3,16 @@
 A request for a native path (/healthz, /metrics, /ws, /socket.io/) is handed to the host's small
 tornado.web application instead; everything else runs the WSGI app on a pool thread, never on
 the IOLoop.
+
+A body the app hands back whole (a list or tuple, or an iterable whose first chunk is all the
+Content-Length it announced, which is every ordinary Flask response) goes out in one write with
+its Content-Length. Any other body is streamed (Server-Sent Events, `stream_with_context`, a
+large export): the pool thread iterates it and hands each chunk to the IOLoop as it comes, the
+headers with the first, in HTTP/1.1 chunked encoding when the app set no Content-Length, and
+never more than STREAM_WINDOW chunks ahead of what the socket took. A streamed response holds
+its pool thread for as long as it runs, so APP_THREADS bounds how many stream at once, and a
+client that went away is noticed only when the app yields its next chunk (an endless stream
+should yield a heartbeat, e.g. an SSE comment, more often than nginx's proxy_read_timeout).
 """
 
 from __future__ import annotations
@@ -15,7 +25,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from functools import partial
 from http import HTTPStatus
 from io import BytesIO
 from typing import Any, cast
@@ -23,16 +34,26 @@ from urllib.parse import unquote_to_bytes
 
 import tornado.httputil
 import tornado.web
+from tornado.concurrent import future_add_done_callback
+from tornado.http1connection import HTTP1Connection
 from tornado.httputil import HTTPHeaders
 from tornado.ioloop import IOLoop
 
-from .contract import error_envelope, new_request_id, sane_request_id
+from .contract import current_request_id, error_envelope, new_request_id, sane_request_id
 from .metrics import RequestMetrics
 
 log = logging.getLogger("host")
 access_log = logging.getLogger("access")
 REPLICA = socket.gethostname()
 WSGIResponse = tuple[str, list[tuple[str, str]], bytes]  # status line, headers, whole body
+# Chunks of a streamed body that the pool thread may hand to the IOLoop before the socket has
+# taken them: what a slow client makes the host hold per stream, beyond the kernel's buffers.
+STREAM_WINDOW = 8
+# Seconds a streamed response may wait for the client to take a chunk before the host closes the
+# connection (a client that stopped reading but keeps its connection open), like nginx's
+# send_timeout.
+STREAM_STALL_S = 60.0
+END = object()  # a body iterator's end
 # Served on the IOLoop; everything else is WSGI.
 NATIVE_PATHS = frozenset({"/healthz", "/metrics", "/ws"})
 NATIVE_PREFIX = "/socket.io/"  # socket.io's engine, on the IOLoop too
@@ -94,12 +115,18 @@ class WorkerPool:
             except Exception:
                 log.exception("a pool job failed")
 
-    def shutdown(self) -> None:
-        """Let the threads finish what is queued, then stop them; blocks until they have."""
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Let the threads finish what is queued, then stop them; blocks until they have, or
+        for at most `timeout` seconds (a thread still inside the app then stays behind: the
+        threads are daemons and do not keep the process alive)."""
         for _ in self.threads:
             self.jobs.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self.threads:
-            thread.join()
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        busy = sum(thread.is_alive() for thread in self.threads)
+        if busy:
+            log.warning("pool threads still inside the app at exit", extra={"threads": busy})
 
 
 class WSGIPath(tornado.httputil.HTTPServerConnectionDelegate):
@@ -140,13 +167,22 @@ class WSGIPath(tornado.httputil.HTTPServerConnectionDelegate):
     ) -> tornado.httputil.HTTPMessageDelegate:
         return WSGIExchange(self, server_conn, request_conn)
 
-    def run_app(self, environ: dict[str, Any], received: float) -> WSGIResponse:
-        """Call the app on a pool thread; return its status, headers and whole body.
+    def run_app(
+        self, environ: dict[str, Any], received: float, exchange: WSGIExchange, loop: IOLoop
+    ) -> None:
+        """Call the app on a pool thread and hand its response to the IOLoop.
 
         Call, iteration and close happen in this one job (Tornado's own container hops to the
         pool three times a request), and no exception escapes it: with an executor, Tornado
         6.6 would otherwise send nothing and leave the client (nginx) waiting for its timeout.
-        `received` (monotonic) is when the request was queued, so its latency counts the wait.
+        An exception before anything was sent becomes the 500 envelope; one while a body
+        streams is logged and closes the connection (the client sees a truncated response).
+        `received` (monotonic) is when the request was queued, so its latency counts the wait,
+        and a streamed response's the whole stream.
+
+        The request's id (its X-Request-ID when sane, else a new one) is `current_request_id`
+        for the whole call, so any app's log lines carry it, and a response without
+        X-Request-ID or X-Served-By gets them here (the same id, REPLICA).
         """
         seen: dict[str, Any] = {}
 
@@ -154,40 +190,250 @@ class WSGIPath(tornado.httputil.HTTPServerConnectionDelegate):
             seen["status"], seen["headers"] = status, headers
             return seen.setdefault("written", []).append
 
+        rid = sane_request_id(environ.get("HTTP_X_REQUEST_ID")) or new_request_id()
+        token = current_request_id.set(rid)
         result: Iterable[bytes] | None = None
+        streamed = False
         try:
             result = self.wsgi_app(environ, start_response)
-            body = b"".join([*seen.get("written", []), *result])
+            chunks: Iterator[bytes] | None = None
+            if type(result) is list or type(result) is tuple:
+                body: Any = b"".join(result)
+            else:
+                chunks = iter(result)
+                body = next(chunks, END)  # start_response may come with the first chunk
+                if body is END:
+                    body, chunks = b"", None
+            if seen.get("written"):  # the legacy write() callable
+                body = b"".join([*seen["written"], body])
             status, headers = seen["status"], list(seen["headers"])
+            # One pass over the headers, to the last of these three the app set.
+            length, response_id, served = None, None, False
+            for name, value in headers:
+                key = name.lower()
+                if key == "content-length":
+                    length = value
+                elif key == "x-request-id":
+                    response_id = value
+                elif key == "x-served-by":
+                    served = True
+                else:
+                    continue
+                if served and response_id is not None and length is not None:
+                    break
+            if response_id is None:
+                headers.append(("X-Request-ID", rid))
+                response_id = rid
+            if not served:
+                headers.append(("X-Served-By", REPLICA))
+            # An iterable is whole when its first chunk is all the length it announced.
+            if chunks is not None and not (
+                length and length.isdigit() and int(length) == len(body)
+            ):
+                if environ["REQUEST_METHOD"] == "HEAD":
+                    body = None  # no body to send, and its length is unknown
+                else:
+                    body = self.stream(exchange, loop, status, headers, body, chunks)
+                    streamed = True
         except Exception:
-            rid = sane_request_id(environ.get("HTTP_X_REQUEST_ID")) or new_request_id()
             log.exception("unhandled exception escaped the WSGI app", extra={"request_id": rid})
             status, headers, body = error_response(500, rid)
+            response_id = rid
         finally:
             if hasattr(result, "close"):
                 try:
                     result.close()  # type: ignore[union-attr]
                 except Exception:
                     log.exception("closing the WSGI response failed")
+            current_request_id.reset(token)
+        elapsed = time.monotonic() - received
         if self.metrics is not None:
-            self.metrics.observe(environ, status, time.monotonic() - received)
+            self.metrics.observe(environ, status, elapsed)
         if self.access_lines:
-            header_map = {k.lower(): v for k, v in headers}
             access_log.info(
                 "request",
                 extra={
-                    "request_id": header_map.get("x-request-id")
-                    or sane_request_id(environ.get("HTTP_X_REQUEST_ID")),
+                    "request_id": response_id,
                     "method": environ.get("REQUEST_METHOD"),
                     "path": environ.get("PATH_INFO"),
                     "status": int(status.split(" ", 1)[0]),
-                    "duration_ms": round((time.monotonic() - received) * 1000, 2),
-                    "bytes": len(body),
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "bytes": body if streamed else len(body or b""),
                     "remote_ip": environ.get("REMOTE_ADDR"),
                     "replica": REPLICA,
                 },
             )
-        return status, headers, body
+        if streamed:
+            loop.add_callback(exchange.streamed)
+        else:
+            loop.add_callback(exchange.respond, status, headers, body)  # the one thread-safe call
+
+    def stream(
+        self,
+        exchange: WSGIExchange,
+        loop: IOLoop,
+        status: str,
+        headers: list[tuple[str, str]],
+        first: bytes,
+        chunks: Iterator[bytes],
+    ) -> int:
+        """Send a body as the app produces it; return how many bytes it produced.
+
+        Runs on the pool thread until the body ends, the connection goes away or the iterator
+        raises. Once the headers are handed over, nothing escapes: an error is logged and the
+        connection closed, since the client has its status line already.
+        """
+        if type(first) is not bytes:
+            raise TypeError(f"a WSGI body yields bytes, not {type(first).__name__}")
+        out = ChunkStream(exchange, loop)
+        loop.add_callback(out.start, status, headers, first)
+        produced = len(first)
+        try:
+            for chunk in chunks:
+                if type(chunk) is not bytes:
+                    raise TypeError(f"a WSGI body yields bytes, not {type(chunk).__name__}")
+                if not out.offer(chunk):
+                    break  # the client went away: the caller closes the iterable now
+                produced += len(chunk)
+            else:
+                out.end()
+        except Exception:
+            log.exception("the WSGI response failed after its headers were sent")
+            loop.add_callback(out.abort)
+        return produced
+
+
+class ChunkStream:
+    """One streamed response body, between its pool thread and the IOLoop.
+
+    The pool thread offers chunks; the IOLoop writes them one write at a time (HTTP1Connection
+    keeps only its latest write's future), joining whatever queued meanwhile, and gives their
+    slots back when the socket has taken them. The thread waits for a slot before each chunk,
+    so a slow client holds the app back instead of the host buffering its body. `closed` (the
+    connection went away: the client, an error, the drain) wakes a waiting thread and stops it.
+    """
+
+    def __init__(self, exchange: WSGIExchange, loop: IOLoop) -> None:
+        self.connection = cast(HTTP1Connection, exchange.connection)
+        self.exchange = exchange
+        self.loop = loop
+        self.slots = threading.Semaphore(STREAM_WINDOW)
+        self.done = threading.Event()  # the response ended, one way or another
+        self.closed = False  # written on the IOLoop, read by the pool thread
+        # The rest only on the IOLoop.
+        self.queued: list[bytes] = []
+        self.in_write = 0  # offered chunks in the write under way
+        self.writing = False
+        self.ending = False
+        self.close_delimited = False
+
+    # --- the pool thread ----------------------------------------------------------------------
+
+    def offer(self, chunk: bytes) -> bool:
+        """Hand one chunk to the IOLoop once a slot is free; False when the stream is over."""
+        if not self.slots.acquire(timeout=STREAM_STALL_S):
+            log.warning("a streamed response stalled: its client took nothing; closing it")
+            self.loop.add_callback(self.abort)
+            return False
+        if self.closed:
+            return False
+        self.loop.add_callback(self.push, chunk)
+        return True
+
+    def end(self) -> None:
+        """The body is complete: finish the response and wait until its last write is done."""
+        self.loop.add_callback(self.finish)
+        if not self.done.wait(STREAM_STALL_S):
+            log.warning("a streamed response stalled: its client took nothing; closing it")
+            self.loop.add_callback(self.abort)
+
+    # --- the IOLoop ---------------------------------------------------------------------------
+
+    def start(self, status: str, headers: list[tuple[str, str]], first: bytes) -> None:
+        """Send the status line and headers with the first chunk."""
+        connection = self.connection
+        if connection.stream.closed():  # the client left while the app worked
+            self.on_close()
+            return
+        # After the request was read, a closed connection is reported here only.
+        connection.set_close_callback(self.on_close)
+        connection.stream.set_nodelay(True)  # each chunk goes out now; finish() resets it
+        code, _, reason = status.partition(" ")
+        header_obj = tornado.httputil.HTTPHeaders()
+        for name, value in headers:
+            header_obj.add(name, value)
+        start_line = self.exchange.start_line
+        if "Content-Length" not in header_obj and start_line and start_line.version != "HTTP/1.1":
+            self.close_delimited = True  # HTTP/1.0 has no chunks: the body ends at the close
+        self.writing = True
+        try:
+            future = connection.write_headers(
+                tornado.httputil.ResponseStartLine("HTTP/1.1", int(code), reason),
+                header_obj,
+                chunk=first,
+            )
+        except Exception:
+            log.exception("the streamed response's headers could not be sent")
+            self.abort()
+            return
+        future_add_done_callback(future, self.written)
+
+    def push(self, chunk: bytes) -> None:
+        if self.closed:
+            return
+        self.queued.append(chunk)
+        if not self.writing:
+            self.write()
+
+    def write(self) -> None:
+        chunks, self.queued = self.queued, []
+        self.writing, self.in_write = True, len(chunks)
+        try:
+            future = self.connection.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        except Exception:  # more than its Content-Length: Tornado closed the connection
+            log.exception("the streamed response could not be written")
+            self.abort()
+            return
+        future_add_done_callback(future, self.written)
+
+    def written(self, _future: object) -> None:
+        self.writing = False
+        if self.in_write:
+            self.slots.release(self.in_write)
+            self.in_write = 0
+        if self.closed:
+            return
+        if self.queued:
+            self.write()
+        elif self.ending:
+            self.finish()
+
+    def finish(self) -> None:
+        """The body is complete: end the response once the last write is done."""
+        self.ending = True
+        if self.writing or self.closed:
+            return
+        self.closed = True
+        try:
+            if self.close_delimited:
+                self.connection.close()
+            else:
+                self.connection.finish()
+        except Exception:  # fewer bytes than its Content-Length: Tornado closed the connection
+            log.exception("the streamed response ended short of its Content-Length")
+        self.done.set()
+
+    def abort(self) -> None:
+        """Close the connection (the client sees a truncated response) and stop the thread."""
+        if self.done.is_set():
+            return  # already finished: the connection may serve its next request by now
+        self.connection.close()  # clears the close callback: report the close ourselves
+        self.on_close()
+
+    def on_close(self) -> None:
+        self.closed = True
+        self.slots.release()  # wakes the pool thread if it waits for a slot
+        self.done.set()
 
 
 class WSGIExchange(tornado.httputil.HTTPMessageDelegate):
@@ -237,13 +483,7 @@ class WSGIExchange(tornado.httputil.HTTPMessageDelegate):
         path = self.path
         path.in_flight += 1
         path.last_activity = received = time.monotonic()
-        loop = IOLoop.current()
-
-        def job() -> None:
-            response = path.run_app(environ, received)
-            loop.add_callback(self.respond, *response)  # the one thread-safe IOLoop call
-
-        path.pool.submit(job)
+        path.pool.submit(partial(path.run_app, environ, received, self, IOLoop.current()))
 
     def on_connection_close(self) -> None:
         if self.native is not None:
@@ -288,19 +528,34 @@ class WSGIExchange(tornado.httputil.HTTPMessageDelegate):
                 environ["HTTP_" + key.replace("-", "_").upper()] = value
         return environ
 
-    def respond(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
-        """Write the app's response; runs on the IOLoop once the pool job is done."""
+    def respond(self, status: str, headers: list[tuple[str, str]], body: bytes | None) -> None:
+        """Write the app's whole response; runs on the IOLoop once the pool job is done.
+
+        `body` None: a HEAD answered by a streaming body, whose length is unknown.
+        """
         self.path.in_flight -= 1
         self.path.last_activity = time.monotonic()
         code, _, reason = status.partition(" ")
         header_obj = tornado.httputil.HTTPHeaders()
         for name, value in headers:
             header_obj.add(name, value)
-        if code != "304" and "Content-Length" not in header_obj:
+        if body is not None and code != "304" and "Content-Length" not in header_obj:
             header_obj["Content-Length"] = str(len(body))
         start_line = tornado.httputil.ResponseStartLine("HTTP/1.1", int(code), reason)
-        self.connection.write_headers(start_line, header_obj, chunk=body)
-        self.connection.finish()
+        request_line = cast(tornado.httputil.RequestStartLine, self.start_line)
+        if request_line.method == "HEAD" or code == "304":
+            body = None  # headers only: Tornado refuses a body here and drops the connection
+        try:
+            self.connection.write_headers(start_line, header_obj, chunk=body)
+            self.connection.finish()
+        except Exception:  # e.g. a header with CR or LF, or a body longer than its length
+            log.exception("the WSGI response could not be sent")
+            self.connection.close()
+
+    def streamed(self) -> None:
+        """A streamed response's pool job is over: it no longer counts as in flight."""
+        self.path.in_flight -= 1
+        self.path.last_activity = time.monotonic()
 
     def refuse_too_large(self, headers: tornado.httputil.HTTPHeaders) -> None:
         """Answer 413 in the JSON envelope before reading the body, then close the connection.
