@@ -19,12 +19,13 @@ import secrets
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support import ROOT, free_port, run, stack, wait_for
+from tests.support import ROOT, figure, free_port, run, stack, wait_for
 
 EXAMPLE = ROOT / "examples" / "microblog"
 SOURCE_ONLY = "docopt==0.6.2"  # no wheel on PyPI, only docopt-0.6.2.tar.gz
@@ -353,11 +354,18 @@ def add_a_mood_column(source: Path) -> None:
 
 def test_make_deploy_ships_a_migration_with_no_failed_request(example):
     add_a_mood_column(example["source"])
+    started = time.monotonic()
     with PacedLoad(example["url"]) as load:
         deploy = make("deploy", env=example["env"], timeout=900)
+    took = time.monotonic() - started
     assert deploy.returncode == 0, deploy.stdout[-4000:] + deploy.stderr[-4000:]
     failed = [r for r in load.results if r[1] != 200]
     assert load.results and not failed, failed[:10]
+    figure(
+        "example-deploy",
+        f"make deploy of examples/microblog with a new migration: {took:.0f} s, "
+        f"{len(load.results)} requests, {len(failed)} failed",
+    )
     assert "mood" in psql(example, "select column_name from information_schema.columns "
                                    "where table_name='note'").split()  # fmt: skip
     session, _ = register(example["url"])
