@@ -29,7 +29,17 @@ baseline_on() {  # BASELINE=1 (shell or env file): the devserver runs beside the
     [[ $(env_value BASELINE 0) == 1 ]]
 }
 
+ensure_app_env() {  # the app's settings file exists (empty, mode 600), as compose requires
+    local app_env
+    app_env=$(env_value APP_ENV_FILE app.env)
+    if [[ -n $app_env && ! -e $app_env ]]; then
+        (umask 077 && echo "# Your app's own settings (KEY=value), for its containers only." >"$app_env")
+        echo "created $app_env for your app's own settings (chmod 600)" >&2
+    fi
+}
+
 compose() {
+    ensure_app_env
     # The devserver is in the `baseline` profile: compose sees it only when the baseline is on.
     # COMPOSE_PROFILES, because both compose versions read it (1.29 has no `--profile` on
     # every subcommand); set for this command only.
@@ -84,12 +94,7 @@ with open(path, "x", encoding="utf-8") as out:
 os.chmod(path, 0o600)
 print(f"created {path} with fresh secrets (chmod 600)")
 PY
-    local app_env
-    app_env=$(env_value APP_ENV_FILE app.env)
-    if [[ -n $app_env && ! -e $app_env ]]; then
-        (umask 077 && echo "# Your app's own settings (KEY=value), for its containers only." >"$app_env")
-        echo "created $app_env for your app's own settings (chmod 600)"
-    fi
+    ensure_app_env
 }
 
 container_state() {  # container_state ID: health status, or the run state when it has no healthcheck
