@@ -43,17 +43,22 @@ def merge_seconds(measured: list[dict[str, Any]]) -> dict[int, Tally]:
 
 
 def percentile(times: Mapping[float, int], q: float) -> float | None:
-    """The smallest bucket at or below which a share q of the requests finished."""
+    """The response time a share q of the requests finished within, by Locust's own rule.
+
+    `locust.stats.calculate_response_time_percentile`: from the slowest bucket down, the first
+    one at which no more than int(q * total) requests remain below. Locust's HTML and CSV use
+    it, so the report and them agree to the bucket.
+    """
     total = sum(times.values())
     if not total:
         return None
-    need = q * total
+    below_allowed = int(total * q)
     seen = 0
-    for ms in sorted(times):
+    for ms in sorted(times, reverse=True):
         seen += times[ms]
-        if seen >= need:
+        if total - seen <= below_allowed:
             return ms
-    return max(times)
+    return min(times)
 
 
 def median_min_max(values: Iterable[float | None]) -> Range | None:

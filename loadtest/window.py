@@ -19,14 +19,15 @@ from typing import Any
 
 
 def _bucket(ms: float) -> int:
-    """Round a response time as Locust does: 2 significant digits above 100 ms."""
+    """Round a response time as Locust does (`locust.stats.bucket_response_time`): 2
+    significant digits above 100 ms."""
     if ms < 100:
         return round(ms)
     if ms < 1000:
-        return round(ms, -1)
+        return int(round(ms, -1))
     if ms < 10000:
-        return round(ms, -2)
-    return round(ms, -3)
+        return int(round(ms, -2))
+    return int(round(ms, -3))
 
 
 class _Tally:

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import json
+import random
+import subprocess
+import sys
 from pathlib import Path
 
 from loadtest import report, stats
@@ -11,6 +15,7 @@ from loadtest.config import parse_config
 from loadtest.report import summary, tables
 from loadtest.report.format import DASH, TIMES
 from loadtest.steps import step_knee
+from loadtest.window import _bucket
 
 
 def run(scenario, target, rnd, rps, p99=10.0, failures=0, processes=1):
@@ -65,6 +70,44 @@ def test_percentile_and_merge():
     assert stats.percentile(merged["times"], 0.5) == 10
     assert stats.percentile(merged["times"], 0.99) == 100
     assert stats.percentile({}, 0.5) is None
+
+
+def test_percentiles_and_buckets_follow_locusts_own_rule():
+    """report.md and Locust's HTML in the same folder give the same p50..p999, to the bucket."""
+    rng = random.Random(7)
+    trials = [[rng.lognormvariate(3, 1.2) for _ in range(rng.randint(1, 3000))] for _ in range(100)]
+    # Locust monkey-patches the process with gevent when imported: ask it in a process of its own.
+    locust = subprocess.run(
+        [sys.executable, "-c", LOCUST_RULE],
+        input=json.dumps({"trials": trials, "qs": QS}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    expected = json.loads(locust.stdout)
+    for samples, (buckets, percentiles) in zip(trials, expected, strict=True):
+        assert [_bucket(ms) for ms in samples] == buckets
+        times: dict[int, int] = {}
+        for ms in buckets:
+            times[ms] = times.get(ms, 0) + 1
+        assert [stats.percentile(times, q) for q in QS] == percentiles
+
+
+QS = [0.5, 0.9, 0.95, 0.99, 0.999]
+LOCUST_RULE = """
+import json, sys
+from locust.stats import bucket_response_time, calculate_response_time_percentile
+job = json.load(sys.stdin)
+out = []
+for samples in job["trials"]:
+    buckets = [bucket_response_time(ms) for ms in samples]
+    times = {}
+    for ms in buckets:
+        times[ms] = times.get(ms, 0) + 1
+    out.append([buckets, [calculate_response_time_percentile(times, len(buckets), q)
+                          for q in job["qs"]]])
+print(json.dumps(out))
+"""
 
 
 def test_ratio_is_paired_by_round_and_summarised_as_median_min_max():
