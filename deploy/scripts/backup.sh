@@ -66,7 +66,7 @@ container() {  # the id of a running container of SERVICE (any replica), or noth
 require_stack() {  # sets PG and APP (container ids), DB and DB_USER, or explains what is missing
     if [[ -n $("$STACK" get DATABASE_URL) ]]; then
         die "DATABASE_URL is set: the database is your own, not the bundled Postgres this command
-backs up. Use your provider's backups (snapshots, point-in-time recovery) for it; README, Backups."
+backs up. Use your provider's backups (snapshots, point-in-time recovery) for it; docs/backups.md."
     fi
     PG=$(container postgres)
     APP=$(container app)

@@ -34,7 +34,7 @@
 # - The kernel here has no IPVS, so Swarm's routing mesh and virtual IPs do not work: the stack
 #   uses DNS round robin (endpoint_mode: dnsrr) and host-mode ports, one nginx per node.
 # - CLUSTER_STATE_DIR/uploads is mounted into every node at /srv/flaskstack/uploads: the shared
-#   volume the stack's uploads use on this cluster (it stands for an NFS export; README, Swarm).
+#   volume the stack's uploads use on this cluster (it stands for an NFS export; docs/swarm.md).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
