@@ -27,7 +27,7 @@ ENV_DEFAULTS: dict[str, str | None] = {
     "JWT_SECRET_KEY": None,
     "JWT_ACCESS_MINUTES": "15",
     "DATABASE_URL": None,
-    "DB_POOL_SIZE": "16",
+    "DB_POOL_SIZE": None,  # APP_THREADS, else 16: a connection per pool thread
     "DB_MAX_OVERFLOW": "2",
     "DB_POOL_TIMEOUT": "3",
     "DB_CONNECT_TIMEOUT": "3",
@@ -74,6 +74,8 @@ def load_config(
     env = settings["APP_ENV"]
     if env not in ENVIRONMENTS:
         raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}")
+    if settings["DB_POOL_SIZE"] is None:
+        settings["DB_POOL_SIZE"] = environ.get("APP_THREADS") or "16"
     if settings["BCRYPT_ROUNDS"] is None:
         settings["BCRYPT_ROUNDS"] = "4" if env == "testing" else "12"
     for key, (low, high) in INT_SETTINGS.items():

@@ -167,3 +167,9 @@ def test_a_secret_file_refuses_ambiguity_and_absence(tmp_path: Path) -> None:
         load_config(None, str(tmp_path), environ=prod(SECRET_KEY="", SECRET_KEY_FILE=missing))
     with pytest.raises(ConfigError, match="set SECRET_KEY or SECRET_KEY_FILE, not both"):
         load_config(None, str(tmp_path), environ=prod(SECRET_KEY_FILE=missing))
+
+
+@pytest.mark.parametrize(("env", "pool"), [({}, 16), ({"APP_THREADS": "24"}, 24),
+                                           ({"APP_THREADS": "24", "DB_POOL_SIZE": "30"}, 30)])  # fmt: skip
+def test_the_pool_follows_the_threads_unless_set(tmp_path: Path, env: dict, pool: int) -> None:
+    assert load_config(None, str(tmp_path), environ=prod(**env))["DB_POOL_SIZE"] == pool
