@@ -169,7 +169,9 @@ def test_a_secret_file_refuses_ambiguity_and_absence(tmp_path: Path) -> None:
         load_config(None, str(tmp_path), environ=prod(SECRET_KEY_FILE=missing))
 
 
-@pytest.mark.parametrize(("env", "pool"), [({}, 16), ({"APP_THREADS": "24"}, 24),
-                                           ({"APP_THREADS": "24", "DB_POOL_SIZE": "30"}, 30)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("env", "pool"),
+    [({}, 16), ({"APP_THREADS": "24"}, 24), ({"APP_THREADS": "24", "DB_POOL_SIZE": "30"}, 30)],
+)
 def test_the_pool_follows_the_threads_unless_set(tmp_path: Path, env: dict, pool: int) -> None:
     assert load_config(None, str(tmp_path), environ=prod(**env))["DB_POOL_SIZE"] == pool
