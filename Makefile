@@ -85,8 +85,12 @@ rollout: env ## Replace the app replicas one at a time (after `make images`), no
 
 .PHONY: deploy
 deploy: images env ## Ship a new version: build, run the migration once, roll the replicas one at a time
-	$(STACK) migrate
-	$(STACK) rollout
+	@if [[ -z "$$($(COMPOSE) ps -q app)" ]]; then \
+	  echo "no replica is running: starting the stack (make up) instead of rolling it"; \
+	  $(MAKE) --no-print-directory up; \
+	else \
+	  $(STACK) migrate && $(STACK) rollout; \
+	fi
 
 .PHONY: certs
 certs: ## Create a local CA and a certificate for localhost in certs/ (for TLS_ENABLED=1)
