@@ -156,3 +156,19 @@ def on_distinct_replicas(
     close_all(spare)
     assert len(chosen) == count, f"could not place {count} clients on distinct replicas"
     return chosen
+
+
+def on_replica(
+    url: str, token: str, transport: str, replica: str, reconnect: bool = False, tries: int = 30
+) -> Listener:
+    """A listener whose first session `replica` holds (nginx spreads new ones round-robin)."""
+    spare: list[Listener] = []
+    try:
+        for _ in range(tries):
+            listener = Listener(url, token, transport, reconnect=reconnect)
+            if listener.replica == replica:
+                return listener
+            spare.append(listener)
+        raise AssertionError(f"no {transport} session landed on {replica}")
+    finally:
+        close_all(spare)

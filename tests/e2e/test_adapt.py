@@ -7,6 +7,7 @@ import time
 
 import requests
 
+from tests.faults import faultkit as fk
 from tests.support import ROOT, run
 
 
@@ -44,5 +45,13 @@ def test_app_module_serves_another_wsgi_app_through_nginx(stack_url):
             "replica": hostname,
         }
     finally:
+        address = docker(
+            "inspect",
+            "-f",
+            f'{{{{(index .NetworkSettings.Networks "{project}_edge").IPAddress}}}}',
+            name,
+        )
+        removed_at = time.time()
         docker("rm", "-f", name)
-        time.sleep(6)  # nginx forgets the removed replica at its next DNS refresh (5 s)
+        # nginx forgets the removed replica at its next DNS refresh (5 s): not in the next test.
+        fk.wait_nginx_forgets(stack_url, {f"{address}:8000"}, removed_at)

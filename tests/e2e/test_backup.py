@@ -409,6 +409,27 @@ def test_clients_see_503_json_while_restoring_never_half_restored_data(drill):
     # found the empty database again.
     first_whole = min(end for _start, end, status, _ in polls if status == 200)
     assert [p for p in polls if p[0] > first_whole and p[2] != 200] == []
+    # Nor any earlier state after a later one (a 404 sent after a 503 had come back).
+    assert went_back(polls) == []
+
+
+# The states a reader of one post goes through in a restore, in order: not found (the fresh
+# stack), closed (503), restored.
+RESTORE_STATES = {404: 0, 503: 1, 200: 2}
+
+
+def went_back(polls: list[tuple[float, float, int | None, dict | None]]) -> list[tuple]:
+    """Polls that were sent after some answer had come back with a later state, and got an
+    earlier one. Two readers overlap, so only a request sent after an answer arrived counts."""
+    answered = sorted(polls, key=lambda p: p[1])
+    latest, i, back = -1, 0, []
+    for poll in sorted(polls, key=lambda p: p[0]):
+        while i < len(answered) and answered[i][1] < poll[0]:
+            latest = max(latest, RESTORE_STATES[answered[i][2]])
+            i += 1
+        if RESTORE_STATES[poll[2]] < latest:
+            back.append(poll[:3])
+    return back
 
 
 def test_restore_refuses_a_database_that_holds_data(drill, stack_url):

@@ -110,7 +110,7 @@ def test_requests_are_counted_once_under_their_route_template(prometheus, stack_
     assert raw == []  # the raw path never becomes a label
 
 
-def test_a_scaled_up_replica_becomes_an_up_target(prometheus):
+def test_a_scaled_up_replica_becomes_an_up_target(prometheus, stack_url):
     compose("up", "-d", "--no-deps", "--no-recreate", "--scale", "app=4", "app")
     try:
         started = time.time()
@@ -118,8 +118,10 @@ def test_a_scaled_up_replica_becomes_an_up_target(prometheus):
         seen = wait_for(lambda: all_up(prometheus), 30, "all four replicas to be up targets")
         figure("monitoring scale-up", f"4 up targets {seen - started:.1f} s after the scale")
     finally:
+        four = {f"{r.ip}:8000" for r in fk.replicas()}
+        removed_at = time.time()
         compose("up", "-d", "--no-deps", "--no-recreate", "--scale", "app=3", "app")
-        time.sleep(6)  # nginx re-resolves every 5 s
+        fk.wait_nginx_forgets(stack_url, four - {f"{r.ip}:8000" for r in fk.replicas()}, removed_at)
     wait_for(lambda: all_up(prometheus), 30, "three up targets again")
 
 

@@ -7,6 +7,7 @@ the replica that holds it; connections authenticate with the API's JWT.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 
@@ -21,6 +22,7 @@ from tests.sioclient import (
     close_all,
     login,
     on_distinct_replicas,
+    on_replica,
     post_through_another_replica,
     upload,
 )
@@ -119,12 +121,17 @@ def test_an_unknown_session_gets_a_json_400(stack_url):
 @pytest.mark.parametrize("frame", ["garbage", "oversized"])
 def test_a_bad_frame_closes_that_connection_only(stack_url, frame):
     token, headers = login(stack_url)
-    bystander = Listener(stack_url, token, "websocket")
     url = stack_url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    loop = asyncio.new_event_loop()
 
-    async def misbehave() -> tuple[int | None, bool]:
+    async def open_raw() -> tuple[object, str]:
         ws = await websocket_connect(url)
-        assert (await ws.read_message()).startswith("0{")  # engine.io's open packet
+        opened = await ws.read_message()
+        assert opened.startswith("0{"), opened  # engine.io's open packet
+        # Its session id begins with the name of the replica that holds it (sio.Engine).
+        return ws, json.loads(opened[1:])["sid"].split(".")[0]
+
+    async def misbehave(ws) -> tuple[int | None, bool]:
         ws.write_message(f'40{{"token":"{token}"}}')
         # 42 is a socket.io event; after it, text that no decoder accepts, or 100 KiB.
         payload = "42[unclosed" if frame == "garbage" else "42" + "x" * 100_000
@@ -136,8 +143,13 @@ def test_a_bad_frame_closes_that_connection_only(stack_url, frame):
                 return ws.close_code, True
         return None, False
 
+    bystander = None
     try:
-        code, closed = asyncio.run(misbehave())
+        ws, replica = loop.run_until_complete(open_raw())
+        # A bystander on that same replica: a bad frame that took the replica (or all of its
+        # sockets) down would take this one too.
+        bystander = on_replica(stack_url, token, "websocket", replica)
+        code, closed = loop.run_until_complete(misbehave(ws))
         assert closed, f"the {frame} frame did not close its connection"
         if frame == "oversized":
             # Message too big. Tornado queues that close frame and drops the connection at once
@@ -146,5 +158,8 @@ def test_a_bad_frame_closes_that_connection_only(stack_url, frame):
         post = post_through_another_replica(stack_url, headers, set())
         bystander.next("post.created", {"post": {"id": post["id"]}})
         assert bystander.client.connected
+        assert bystander.replicas == [replica], bystander.replicas  # never reconnected
     finally:
-        bystander.close()
+        if bystander is not None:
+            bystander.close()
+        loop.close()

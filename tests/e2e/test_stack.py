@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from tornado.websocket import websocket_connect
 
-from tests.support import compose
+from tests.faults import faultkit as fk
+from tests.support import compose, wait_for
 
 
 def container_ids(service: str) -> list[str]:
@@ -153,8 +154,16 @@ def test_nginx_config_passes_nginx_t():
     assert "syntax is ok" in result.stdout + result.stderr
 
 
+def nginx_runs() -> list[tuple[str, str, int]]:
+    """Each nginx container with its start time and restart count: a restart changes them."""
+    return [
+        (c["Id"], c["State"]["StartedAt"], c["RestartCount"])
+        for c in fk.inspect(*container_ids("nginx"))
+    ]
+
+
 def test_scale_to_five_replicas_without_restart(stack_url):
-    nginx_before = container_ids("nginx")
+    nginx_before = nginx_runs()
     compose("up", "-d", "--no-deps", "--no-recreate", "--scale", "app=5", "app")
     try:
         deadline = time.monotonic() + 60
@@ -163,12 +172,14 @@ def test_scale_to_five_replicas_without_restart(stack_url):
             replicas |= served_by(f"{stack_url}/bench/json", 40)
             time.sleep(1)
         assert len(replicas) == 5
-        assert container_ids("nginx") == nginx_before  # the same nginx, never restarted
+        assert nginx_runs() == nginx_before  # the same nginx, never restarted
     finally:
+        five = {f"{r.ip}:8000" for r in fk.replicas()}
+        removed_at = time.time()
         compose("up", "-d", "--no-deps", "--no-recreate", "--scale", "app=3", "app")
-        # nginx re-resolves every 5 s; until then it may still pick a removed replica (see the
-        # `server` comment in nginx.conf), so give it that long before the next test.
-        time.sleep(6)
+        # Until nginx re-resolves (every 5 s) it may still pick a removed replica (see the
+        # `server` comment in nginx.conf): not into the next test.
+        fk.wait_nginx_forgets(stack_url, five - {f"{r.ip}:8000" for r in fk.replicas()}, removed_at)
     assert len(container_ids("app")) == 3
 
 
@@ -186,4 +197,12 @@ def test_login_flood_gets_429_json(stack_url):
     assert set(codes) <= {401, 429}
     limited = next(r for r in responses if r.status_code == 429)
     assert limited.json()["error"]["code"] == "rate_limited"
-    time.sleep(3)  # let the bucket refill for whatever runs next
+    # Not into whatever runs next: until the limiter lets a few logins through again.
+    wait_for(
+        lambda: all(
+            requests.post(f"{stack_url}/api/auth/login", json=creds, timeout=10).status_code == 401
+            for _ in range(5)
+        ),
+        30,
+        "the login limiter to let logins through",
+    )

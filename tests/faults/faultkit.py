@@ -9,15 +9,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime
 
+import requests
+
 from tests import support
 from tests.support import run, stack
 
 REPLICAS = 3
+NGINX_CONF = support.ROOT / "deploy" / "nginx" / "nginx.conf"
 
 
 def project() -> str:
@@ -148,6 +152,36 @@ def nginx_log(since: float) -> tuple[list[dict], list[str]]:
     return access, result.stderr.splitlines()
 
 
+def resolver_valid() -> float:
+    """How long nginx keeps a DNS answer for `app` (`resolver ... valid=`), in seconds."""
+    match = re.search(r"resolver \S+ valid=(\d+)s", NGINX_CONF.read_text())
+    assert match, "nginx.conf has no `resolver ... valid=Ns`"
+    return float(match[1])
+
+
+def wait_nginx_forgets(url: str, addresses: set[str], since: float, timeout: float = 60) -> None:
+    """Until nginx will never choose these removed replica addresses (ip:port) again.
+
+    Requests go out until each address is either benched (nginx tried it since `since`, failed,
+    and keeps it out for fail_timeout, longer than its DNS refresh) or dropped (a DNS refresh
+    has happened since `since`, which nginx does every `valid` seconds).
+    """
+    valid = resolver_valid()
+    probe = f"{url}/bench/json"
+
+    def settled() -> bool:
+        for _ in range(2 * REPLICAS + 2):
+            with contextlib.suppress(requests.RequestException):
+                requests.get(probe, timeout=5)
+        if time.time() > since + valid + 1:
+            return True
+        access, _ = nginx_log(since)
+        tried = {a for e in access for a in addresses if a in e.get("upstream", "")}
+        return tried >= addresses
+
+    support.wait_for(settled, timeout, f"nginx to forget {sorted(addresses)}", poll=0.2)
+
+
 def published_ports() -> dict[str, list[tuple[str, str, str]]]:
     """Service -> [(container port, host ip, host port)] for every running container."""
     out: dict[str, list[tuple[str, str, str]]] = {}
@@ -193,3 +227,31 @@ def status_of(response: bytes) -> int | None:
     if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
         return int(parts[1])
     return None
+
+
+def json_body(response: bytes) -> dict | None:
+    """The JSON object a raw HTTP response carries (Content-Type application/json, a body by
+    Content-Length or chunked), or None when it carries anything else."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    headers = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    if not headers.get(b"content-type", b"").startswith(b"application/json"):
+        return None
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        data, rest = b"", body
+        while rest:
+            size, _, rest = rest.partition(b"\r\n")
+            n = int(size.split(b";")[0], 16)
+            if n == 0:
+                break
+            data, rest = data + rest[:n], rest[n + 2 :]
+        body = data
+    elif b"content-length" in headers:
+        body = body[: int(headers[b"content-length"])]
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None

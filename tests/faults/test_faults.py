@@ -4,14 +4,16 @@ Every test drives ~100 requests/s of mixed reads and idempotent creates through 
 port (tests/faults/loadgen.py), injects one fault with docker, and checks what the clients saw, what
 nginx logged and what is in the database. Each leaves three healthy replicas behind. Figures are
 printed as `FIGURE <name>: ...` lines (run pytest with -s to see them); only the functional
-claims are asserted, never a timing, but for one bound that is the claim itself: after a Postgres
-restart every replica serves again within 5 s of the database being healthy, with no restart.
+claims are asserted, never a timing. Waits are for states (a replica serving again, nginx past
+its bench), each with a generous timeout that is the only time bound: how long recovery took
+is a FIGURE.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import threading
 import time
@@ -21,6 +23,7 @@ import pytest
 import requests
 from tornado.websocket import websocket_connect
 
+from tests import support
 from tests.support import figure
 
 from . import faultkit as fk
@@ -61,6 +64,36 @@ def check_integrity(load: LoadGen) -> dict[str, int]:
         "retried": sum(1 for c in load.creates if len(c.attempts) > 1),
         "replayed": sum(1 for c in load.creates for o in c.attempts if o.replayed),
     }
+
+
+FAIL_TIMEOUT = float(
+    re.search(r"server app:8000 resolve .*fail_timeout=(\d+)s", fk.NGINX_CONF.read_text())[1]
+)
+
+
+def served_by_all(load: LoadGen, hostnames: set[str], since: float = 0.0) -> bool:
+    """Whether every replica in `hostnames` has answered a 2xx to a request sent after since."""
+    return {o.served_by for o in list(load.outcomes) if o.ok and o.start > since} >= hostnames
+
+
+def served_counts(load: LoadGen, since: float, hostnames: set[str]) -> dict[str, int]:
+    """2xx answers per replica to requests sent after since."""
+    counts = Counter(o.served_by for o in list(load.outcomes) if o.ok and o.start > since)
+    return {h: counts[h] for h in hostnames}
+
+
+def nginx_forgot(load: LoadGen, dead: str, since: float) -> bool:
+    """Whether nginx went a whole fail_timeout (its bench) past the last request it sent to the
+    address `dead` without trying it again: the bench is over, so the peer is gone."""
+    access, _ = fk.nginx_log(since)
+    sent = {o.request_id: o for o in list(load.outcomes)}
+    seen = [
+        (sent[e["request_id"]].start, dead in e.get("upstream", ""))
+        for e in access
+        if e.get("request_id") in sent
+    ]
+    last = max((t for t, to_dead in seen if to_dead), default=since)
+    return any(t > last + FAIL_TIMEOUT + 1 for t, _ in seen)
 
 
 def docker_kill(container_id: str, signal: str) -> tuple[float, float]:
@@ -132,11 +165,16 @@ def test_sigkill_one_replica_under_load(stack_url, users):
     with LoadGen(stack_url, users, rate=RATE, tag=f"sigkill-{secrets.token_hex(3)}") as load:
         time.sleep(4)
         t0, t1 = docker_kill(victim.id, "KILL")
-        time.sleep(12)  # long enough for nginx's 10 s bench and the 5 s re-resolve
+        fk.wait_for(victim.id, "exited", timeout=30)  # the kill hit
+        # Until nginx has dropped the dead address (its 10 s bench, then the 5 s re-resolve).
+        support.wait_for(lambda: nginx_forgot(load, dead, t0), 60, "nginx to forget it", 1)
         t_restart = time.time()
         fk.run("docker", "start", victim.id)
         fk.wait_for(victim.id, "healthy", timeout=60)
-        time.sleep(6)
+        t_healthy = time.time()
+        support.wait_for(
+            lambda: served_by_all(load, {victim.hostname}, t_healthy), 30, "it to serve again"
+        )
     in_flight = load.in_flight(t0, t1)
     in_flight_posts = [o for o in in_flight if o.kind == CREATE]
     failed_idempotent = load.failures([GET_POSTS, GET_DB])
@@ -168,7 +206,10 @@ def test_sigkill_one_replica_under_load(stack_url, users):
     for line in dead_errors[:5]:
         print("  nginx:", line)
     assert not failed_idempotent, describe(failed_idempotent)
-    assert len(failed_posts) <= len(in_flight_posts), describe(failed_posts)
+    # The only failed attempts are POSTs that were in flight on the killed replica (nginx may
+    # not resend them); check_integrity saw each of them retried to 201 with its key.
+    stray = [o for o in failed_posts if not any(o is i for i in in_flight_posts)]
+    assert not stray, describe(stray)
 
 
 class WsWatch:
@@ -310,7 +351,24 @@ def test_postgres_restart_under_load(stack_url, users):
             fk.run("docker", "start", pg)
             t_started = time.time()
             t_healthy = fk.wait_for(pg, "healthy", timeout=60)
-            time.sleep(10)
+            # Until every replica serves normally again, and /readyz says so (the bound here
+            # is generous; how long it took is the FIGURE), then a little more traffic each.
+            support.wait_for(
+                lambda: (
+                    served_by_all(load, hostnames, t_healthy)
+                    and any(s[0] > t_healthy and s[1] == 200 for s in list(readyz.seen))
+                ),
+                60,
+                "every replica and /readyz to serve again",
+                0.1,
+            )
+            t_back = time.time()
+            support.wait_for(
+                lambda: min(served_counts(load, t_back, hostnames).values()) >= 20,
+                60,
+                "20 more requests served by each replica",
+                0.1,
+            )
         fanout_error = ""
         try:
             create_until_seen(stack_url, users[0], ws, t_healthy)
@@ -345,15 +403,15 @@ def test_postgres_restart_under_load(stack_url, users):
         h: max((o.end for o in failed if o.served_by == h), default=t_down) - t_healthy
         for h in hostnames
     }
-    normal_after = Counter(o.served_by for o in outs if o.ok and o.start > t_healthy + 5)
-    late_failures = [o for o in failed if o.start > t_healthy + 5]
+    normal_after = served_counts(load, t_back, hostnames)
+    late_failures = [o for o in failed if o.start > t_back]
     ready_503 = [s for s in readyz.seen if t_down <= s[0] <= t_healthy and is_503_json(s[1], s[2])]
     ready_bad = [
         s
         for s in readyz.seen
         if s[1] not in (200, 503) or (s[1] == 503 and not is_503_json(s[1], s[2]))
     ]
-    ready_late = [s for s in readyz.seen if s[0] > t_healthy + 5 and s[1] != 200]
+    ready_late = [s for s in readyz.seen if s[0] > t_back and s[1] != 200]
     integrity = check_integrity(load)
     figure(
         "postgres-restart",
@@ -377,9 +435,9 @@ def test_postgres_restart_under_load(stack_url, users):
     assert failed, "the outage was not observed: no 503 at all"
     assert ready_503, "/readyz never answered 503 during the outage"
     assert not ready_bad, ready_bad[:5]
-    assert max(recovered.values()) <= 5.0, recovered
+    # Once each replica and /readyz had answered normally again, nothing failed any more.
     assert not late_failures, describe(late_failures)
-    assert set(normal_after) >= hostnames, normal_after
+    assert min(normal_after.values()) >= 20, normal_after
     assert not ready_late, ready_late[:5]
     assert not fanout_error, fanout_error
 
@@ -392,13 +450,19 @@ def test_integrity_through_replica_kill_and_database_restart(stack_url, users):
     with LoadGen(stack_url, users, rate=60, workers=24, mix={CREATE: 1.0}, tag=tag) as load:
         time.sleep(3)
         docker_kill(victim.id, "KILL")
+        fk.wait_for(victim.id, "exited", timeout=30)
+        killed = fk.inspect(victim.id)[0]["State"]
         time.sleep(6)
         fk.run("docker", "start", victim.id)
         fk.wait_for(victim.id, "healthy", timeout=60)
-        time.sleep(6)
+        t_back = time.time()
+        support.wait_for(lambda: served_by_all(load, {victim.hostname}, t_back), 30, "it to serve")
+        pg_started = fk.inspect(pg)[0]["State"]["StartedAt"]
         fk.run("docker", "restart", "-t", "30", pg)
-        fk.wait_for(pg, "healthy", timeout=60)
-        time.sleep(4)
+        t_pg = fk.wait_for(pg, "healthy", timeout=60)
+        hostnames = {r.hostname for r in fk.replicas()}
+        support.wait_for(lambda: served_by_all(load, hostnames, t_pg), 30, "every replica")
+    pg_restarted = fk.inspect(pg)[0]["State"]["StartedAt"]
     integrity = check_integrity(load)
     statuses = Counter(o.status if o.status is not None else "exc" for o in load.outcomes)
     figure(
@@ -408,3 +472,8 @@ def test_integrity_through_replica_kill_and_database_restart(stack_url, users):
         f"same Idempotency-Key ({integrity['replayed']} answered by replay); every one of "
         f"{integrity['acked']} acknowledged posts stored exactly once ({integrity['stored']} rows)",
     )
+    # The faults happened and reached the clients: a kill that missed, or a restart that was
+    # over before any create noticed it, would prove nothing.
+    assert (killed["Status"], killed["ExitCode"]) == ("exited", 137), killed
+    assert pg_restarted != pg_started, "Postgres was not restarted"
+    assert integrity["retried"], "no create was retried: no client met a fault"

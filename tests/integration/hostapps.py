@@ -13,7 +13,7 @@ CHUNKS = 500  # /chunks sends this many numbered lines
 
 
 def app(environ, start_response):
-    """Serve /barrier, /slow, /boom, /ip, /logged, the streams below and a plain greeting."""
+    """Serve /barrier, /slow, /nap, /boom, /ip, /logged, the streams below and a plain greeting."""
     path = environ["PATH_INFO"]
     if path in STREAMS:
         return STREAMS[path](environ, start_response)
@@ -26,8 +26,12 @@ def app(environ, start_response):
             barrier.reset()
             status, body = "503 Service Unavailable", b"alone"
     elif path == "/slow":
+        log.warning("slow request inside the app")  # what a test waits for before it acts
         time.sleep(1.5)
         body = b"slow done"
+    elif path == "/nap":
+        time.sleep(0.2)
+        body = b"napped 200 ms"
     elif path == "/boom":
         raise RuntimeError("secret detail that must not leak")
     elif path == "/ip":

@@ -6,8 +6,10 @@ import io
 
 import pytest
 from flask import Flask
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
+from app.config import database_uri
 from app.extensions import db
 from tests.conftest import AuthActions
 
@@ -42,17 +44,30 @@ def test_closed_port_is_503(
     assert "psycopg2" not in response.get_data(as_text=True)
 
 
-def test_killed_connections_are_replaced(app: Flask) -> None:
+def test_killed_connections_are_replaced(app: Flask, database_url: str) -> None:
     client = app.test_client()
     assert client.get("/readyz").status_code == 200
     with app.app_context():
-        db.session.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'flaskstack-app' AND pid <> pg_backend_pid()"
+        pooled = db.session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        db.session.commit()  # back to the pool, still open
+    # From outside the app's pool (psycopg2's default application_name is empty), end every
+    # session the app holds: the one it just used is among them.
+    outside = create_engine(database_uri(database_url, "."), poolclass=NullPool)
+    try:
+        with outside.begin() as connection:
+            rows = connection.execute(
+                text(
+                    "WITH app AS MATERIALIZED (SELECT pid FROM pg_stat_activity "
+                    "WHERE application_name = 'flaskstack-app') "
+                    "SELECT pid FROM app WHERE pg_terminate_backend(pid)"
+                )
             )
-        )
-        db.session.commit()
+            killed = set(rows.scalars())
+    finally:
+        outside.dispose()
+    assert pooled in killed, (pooled, killed)
     # pool_pre_ping notices the dead pooled connection at checkout and reconnects.
     assert client.get("/readyz").status_code == 200
     assert client.get("/api/posts").status_code == 200
+    with app.app_context():
+        assert db.session.execute(text("SELECT pg_backend_pid()")).scalar_one() not in killed

@@ -43,12 +43,18 @@ def test_queries_clamps(client: FlaskClient, value: str, count: int) -> None:
 
 
 def test_updates_persist(app: Flask, client: FlaskClient) -> None:
+    with app.app_context():
+        before = {i: n for i, n in db.session.execute(select(World.id, World.random_number))}
     rows = client.get("/bench/updates?queries=20").json
     assert len(rows) == 20
+    assert len({r["id"] for r in rows}) == 20
     with app.app_context():
-        query = select(World.id, World.random_number).where(World.id.in_([r["id"] for r in rows]))
-        stored = {world_id: number for world_id, number in db.session.execute(query)}
-    assert stored == {r["id"]: r["randomNumber"] for r in rows}
+        after = {i: n for i, n in db.session.execute(select(World.id, World.random_number))}
+    # Each row it answered with has a new number, and that number is what is stored now.
+    assert [r["id"] for r in rows if r["randomNumber"] == before[r["id"]]] == []
+    assert {r["id"]: after[r["id"]] for r in rows} == {r["id"]: r["randomNumber"] for r in rows}
+    # Nothing else changed.
+    assert {i: n for i, n in after.items() if n != before[i]}.keys() == {r["id"] for r in rows}
 
 
 def test_fortunes(client: FlaskClient) -> None:

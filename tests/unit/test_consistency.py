@@ -79,10 +79,33 @@ def test_required_compose_values_have_no_default_elsewhere() -> None:
     assert not required & defaulted
 
 
-@pytest.mark.parametrize("name", sorted(k for k, v in ENV_DEFAULTS.items() if v is not None))
+# Settings the app reads that are not knobs, so not in .env.example: each has its own test.
+NOT_KNOBS = {"UPLOAD_ACCEL_PREFIX"}
+
+
+@pytest.mark.parametrize(
+    "name", sorted(k for k, v in ENV_DEFAULTS.items() if v is not None and k not in NOT_KNOBS)
+)
 def test_app_defaults_match_env_example(name: str) -> None:
-    if name in ENV:
-        assert ENV_DEFAULTS[name] == ENV[name], f"app/config.py defaults {name} differently"
+    assert name in ENV, f"app/config.py has a default for {name}, which .env.example omits"
+    assert ENV_DEFAULTS[name] == ENV[name], f"app/config.py defaults {name} differently"
+
+
+def test_upload_accel_prefix_is_nginx_internal_uploads_location() -> None:
+    """Off by default (the app sends the file); the stack sets it to nginx's internal location,
+    which serves the volume the app writes to."""
+    import yaml
+
+    assert ENV_DEFAULTS["UPLOAD_ACCEL_PREFIX"] == ""
+    assert "UPLOAD_ACCEL_PREFIX" not in ENV
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    prefix = services["app"]["environment"]["UPLOAD_ACCEL_PREFIX"]
+    location = re.search(r"location (\S+) \{\s*internal;\s*alias (\S+);", NGINX_SERVER)
+    assert location, "app-server.conf has no internal location with an alias"
+    assert location.group(1) == prefix
+    app_volume = {v.split(":")[0]: v.split(":")[1] for v in services["app"]["volumes"]}
+    nginx_volume = {v.split(":")[0]: v.split(":")[1] for v in services["nginx"]["volumes"]}
+    assert location.group(2).rstrip("/") == nginx_volume["uploads"] == app_volume["uploads"]
 
 
 def test_host_defaults_are_env_example_values() -> None:
@@ -158,10 +181,16 @@ def test_nginx_error_page_is_the_envelope() -> None:
     assert body["request_id"] == "abc"
 
 
-def test_event_channel_has_one_home() -> None:
+def test_event_channel_has_one_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo NOTIFYs where any replica's host LISTENs for an app without an event bus."""
     from app import events
+    from flaskstack import realtime
+    from tests.conftest import make_app
 
-    assert events.CHANNEL == contract.EVENT_CHANNEL
+    url = "postgresql://u:p@db.example:5432/app"
+    monkeypatch.setenv("DATABASE_URL", url)
+    demo = make_app(url)
+    assert events.listen_target(demo) == realtime.listen_target(object())
     for path in [*ROOT.glob("app/*.py"), *ROOT.glob("deploy/tornado/**/*.py")]:
         if path.name != "contract.py":
             assert '"app_events"' not in path.read_text(), f"{path} spells the channel out"
