@@ -103,16 +103,17 @@ def docker_kill(container_id: str, signal: str) -> tuple[float, float]:
 
 
 def test_rollout_under_load_loses_no_request(stack_url, users):
-    before = {r.id for r in fk.replicas()}
+    replaced = fk.replicas()
+    before = {r.id for r in replaced}
     with LoadGen(stack_url, users, rate=RATE, tag=f"rollout-{secrets.token_hex(3)}") as load:
         time.sleep(3)
         t0 = time.monotonic()
         result = fk.stack("rollout", check=False, timeout=300)
         took = time.monotonic() - t0
-        # Keep the load on until nginx has surely forgotten the removed replicas (its resolver
-        # refreshes every 5 s; a failed peer is benched for fail_timeout): a request sent to a
-        # vanished address is the rollout's failure, not the next test's.
-        time.sleep(15)
+        # Keep the load on until nginx has forgotten the removed replicas (benched after a
+        # failed try, or dropped at its next re-resolve): a request sent to a vanished address
+        # is the rollout's failure, not the next test's.
+        fk.wait_nginx_forgets(stack_url, {f"{r.ip}:8000" for r in replaced}, time.time())
     after = {r.id for r in fk.replicas()}
     integrity = check_integrity(load)
     figure(
