@@ -163,7 +163,7 @@ images: ## Build every image: the host, your app on it (APP_SOURCE), nginx (stan
 # APP_MODULE and MIGRATE_COMMAND from .env, run in APP_SOURCE; your requirements must be in the
 # venv (.venv/bin/pip install -r ...). DATABASE_URL stays unset: the app's own default (SQLite).
 DEV_APP = $(shell $(STACK) get APP_MODULE 'app:create_app()')
-DEV_MIGRATE = $(shell $(STACK) get MIGRATE_COMMAND)
+DEV_MIGRATE = $(shell $(STACK) get-exact MIGRATE_COMMAND)
 .PHONY: dev
 dev: venv ## Run the app alone on Flask's built-in server, restarting on code changes (no Docker; DEBUGGER=1)
 	cd $(APP_SOURCE) && PATH=$(CURDIR)/$(VENV)/bin:$$PATH APP_ENV=development FLASK_APP='$(DEV_APP)' \

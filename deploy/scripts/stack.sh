@@ -64,6 +64,18 @@ env_value() {  # env_value NAME [DEFAULT]: the shell's value, else the env file'
     echo "${value:-$default}"
 }
 
+env_value_exact() {  # env_value_exact NAME: like env_value, but an empty value set in the shell
+                    # or the env file counts (MIGRATE_COMMAND= means: no migration)
+    local name=$1 file
+    if [[ -n ${!name+set} ]]; then echo "${!name}"; return; fi
+    for file in "$ENV_FILE" .env.example; do
+        if [[ -f $file ]] && grep -q "^${name}=" "$file"; then
+            sed -n "s/^${name}=//p" "$file" | tail -n 1
+            return
+        fi
+    done
+}
+
 make_env() {  # create ENV_FILE from .env.example with fresh secrets, once; later, add the
               # generated secrets a newer .env.example asks for and ENV_FILE lacks
     python3 - "$ENV_FILE" <<'PY' || return 1
@@ -258,7 +270,7 @@ demo_app() {  # the stack serves the demo app (APP_SOURCE is this repository)
 }
 
 migrate() {  # run the app's migration (MIGRATE_COMMAND) once, in a new container of the image
-    echo "running the migration: $(env_value MIGRATE_COMMAND '(none)')"
+    echo "running the migration: $(env_value_exact MIGRATE_COMMAND)"
     compose run --rm migrate || { echo "the migration failed: no replica was replaced" >&2; return 1; }
 }
 
@@ -294,7 +306,7 @@ rollout() {  # replace app replicas one at a time: start the new one, wait healt
     echo "  shared the new image's static files with nginx"
 }
 
-cmd=${1:?usage: stack.sh compose|env|get|up|wait|baseline|diagnose|urls|migrate|rollout ...}
+cmd=${1:?usage: stack.sh compose|env|get|get-exact|up|wait|baseline|diagnose|urls|migrate|rollout ...}
 shift
 case $cmd in
     compose) compose "$@" ;;
@@ -302,6 +314,7 @@ case $cmd in
     baseline) baseline "$@" ;;
     env) make_env ;;
     get) env_value "$@" ;;
+    get-exact) env_value_exact "$@" ;;
     wait) wait_healthy "$@" ;;
     diagnose) diagnose ;;
     urls) urls ;;
