@@ -270,7 +270,9 @@ demo_app() {  # the stack serves the demo app (APP_SOURCE is this repository)
 }
 
 migrate() {  # run the app's migration (MIGRATE_COMMAND) once, in a new container of the image
-    echo "running the migration: $(env_value_exact MIGRATE_COMMAND)"
+    local command
+    command=$(env_value_exact MIGRATE_COMMAND)
+    echo "running the migration: ${command:-none (MIGRATE_COMMAND is empty)}"
     compose run --rm migrate || { echo "the migration failed: no replica was replaced" >&2; return 1; }
 }
 
