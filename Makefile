@@ -57,12 +57,12 @@ up: images env ## Build what is missing, start the stack, wait until healthy, pr
 
 .PHONY: down
 down: ## Stop the stack (data volumes are kept)
-	BASELINE=1 $(COMPOSE) down --remove-orphans
+	ALL_PROFILES=1 $(COMPOSE) down --remove-orphans
 
 .PHONY: clean
 clean: ## Stop the stack and remove its volumes, the test stack and build artefacts
-	BASELINE=1 $(COMPOSE) down --remove-orphans --volumes
-	BASELINE=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(COMPOSE) down --remove-orphans --volumes 2>/dev/null || true
+	ALL_PROFILES=1 $(COMPOSE) down --remove-orphans --volumes
+	ALL_PROFILES=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(COMPOSE) down --remove-orphans --volumes 2>/dev/null || true
 	rm -rf build
 
 .PHONY: ps
@@ -272,7 +272,7 @@ test-stack-up: $(TEST_ENV_FILE)
 
 .PHONY: test-stack-down
 test-stack-down:
-	BASELINE=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(COMPOSE) down --remove-orphans --volumes
+	ALL_PROFILES=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) $(COMPOSE) down --remove-orphans --volumes
 
 ##@ Load test
 
@@ -285,7 +285,7 @@ BASELINE_URL ?= http://127.0.0.1:$(shell $(STACK) get DEVSERVER_PORT 5000)
 .PHONY: loadtest
 loadtest: venv ## Compare the stack with the built-in server (LOCUSTFILE=...: your scenarios); writes loadtest/results/<time>/
 	@if [[ "$${REFERENCE:-0}" == 1 ]]; then \
-	  echo "starting the reference targets (docker-compose.reference.yml)"; \
+	  echo "starting the reference targets (deploy/compose/reference.yml)"; \
 	  REFERENCE=1 $(COMPOSE) up -d --scale app=$(APP_REPLICAS) --scale ref-nothread=$(APP_REPLICAS) \
 	    --scale ref-gunicorn=$(APP_REPLICAS); \
 	  REFERENCE=1 $(STACK) wait 180; \

@@ -6,24 +6,62 @@ set -euo pipefail
 PROJECT=${PROJECT:-flaskstack}
 ENV_FILE=${ENV_FILE:-.env}
 
-compose_files() {  # the base file plus the overrides the env (file) asks for
-    local files=(-f docker-compose.yml)
-    [[ -z $(env_value DATABASE_URL) ]] && files+=(-f docker-compose.postgres.yml)
-    [[ $(env_value TLS_ENABLED 0) == 1 ]] && files+=(-f docker-compose.tls.yml)
-    if [[ $(env_value MONITORING 0) == 1 ]]; then
-        files+=(-f docker-compose.monitoring.yml)
-        [[ -z $(env_value DATABASE_URL) ]] && files+=(-f docker-compose.monitoring.postgres.yml)
-    fi
-    [[ $(env_value REFERENCE 0) == 1 ]] && files+=(-f docker-compose.reference.yml)
-    [[ $(env_value DEV 0) == 1 ]] && files+=(-f docker-compose.dev.yml)
+COMPOSE_DIR=deploy/compose
+
+compose_files() {  # the compose files the settings ask for, ':'-separated as COMPOSE_FILE
+    local files=docker-compose.yml extra
+    [[ -n $(env_value DATABASE_URL) ]] && files+=:$COMPOSE_DIR/external-db.yml
+    [[ $(env_value TLS_ENABLED 0) == 1 ]] && files+=:$COMPOSE_DIR/tls.yml
+    [[ $(env_value REFERENCE 0) == 1 ]] && files+=:$COMPOSE_DIR/reference.yml
+    [[ $(env_value DEV 0) == 1 ]] && files+=:$COMPOSE_DIR/dev.yml
+    # Swarm's own keys, for swarm.sh's rendering only (never written to the env file).
+    [[ ${SWARM:-0} == 1 ]] && files+=:$COMPOSE_DIR/swarm.yml
     # Your own overrides: compose's conventional file, then COMPOSE_EXTRA_FILES (space-separated).
-    [[ -f docker-compose.override.yml ]] && files+=(-f docker-compose.override.yml)
-    local extra
-    for extra in $(env_value COMPOSE_EXTRA_FILES); do files+=(-f "$extra"); done
-    echo "${files[@]}"
+    [[ -f docker-compose.override.yml ]] && files+=:docker-compose.override.yml
+    for extra in $(env_value COMPOSE_EXTRA_FILES); do files+=:$extra; done
+    echo "$files"
 }
 
-compose_v2() { docker compose version >/dev/null 2>&1; }
+compose_profiles() {  # the optional services the settings switch on, as COMPOSE_PROFILES
+                      # (ALL_PROFILES=1: every one, so `down` finds every container)
+    local profiles=()
+    if [[ ${ALL_PROFILES:-0} == 1 && ${FILE_ONLY:-0} != 1 ]]; then echo monitoring,backup,baseline; return; fi
+    [[ $(env_value MONITORING 0) == 1 ]] && profiles+=(monitoring)
+    [[ $(env_value BACKUP_SCHEDULE 0) == 1 ]] && profiles+=(backup)
+    baseline_on && profiles+=(baseline)
+    local IFS=,
+    echo "${profiles[*]}"
+}
+
+sync_compose_env() {  # write COMPOSE_FILE, COMPOSE_PROFILES and the project's name into ENV_FILE,
+                      # from its own settings (not the shell's), so plain `docker compose` in
+                      # this folder starts the same stack as `make up`
+    [[ -f $ENV_FILE ]] || return 0
+    local files profiles
+    files=$(FILE_ONLY=1 compose_files)
+    profiles=$(FILE_ONLY=1 compose_profiles)
+    python3 - "$ENV_FILE" "$PROJECT" "$files" "$profiles" <<'PY'
+import sys
+path, project, files, profiles = sys.argv[1:]
+marker = "# --- Written by make from the settings above (edit those, then `make env`) ---"
+wanted = {"COMPOSE_PROJECT_NAME": project, "COMPOSE_FILE": files, "COMPOSE_PROFILES": profiles}
+with open(path, encoding="utf-8") as env:
+    lines = env.read().splitlines()
+kept = [l for l in lines if l != marker and l.split("=", 1)[0] not in wanted]
+while kept and not kept[-1].strip():
+    kept.pop()
+new = kept + ["", marker] + [f"{k}={v}" for k, v in wanted.items()]
+if new != lines:
+    with open(path, "w", encoding="utf-8") as env:
+        env.write("\n".join(new) + "\n")
+PY
+}
+
+compose_cmd() {  # the compose command: the `docker compose` plugin, else docker-compose (1.29 or v2)
+    if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi
+}
+
+compose_v2() { $(compose_cmd) version --short 2>/dev/null | grep -Eq '^v?2'; }
 
 baseline_on() {  # BASELINE=1 (shell or env file): the devserver runs beside the stack
     [[ $(env_value BASELINE 0) == 1 ]]
@@ -38,24 +76,20 @@ ensure_app_env() {  # the app's settings file exists (empty, mode 600), as compo
     fi
 }
 
-compose() {
+compose() {  # compose ARGS: compose on this project with the files and profiles the settings
+             # (shell, then env file) ask for; COMPOSE_FILE/COMPOSE_PROFILES are read by both
+             # compose versions (1.29 has no --profile on every subcommand)
     ensure_app_env
-    # The devserver is in the `baseline` profile: compose sees it only when the baseline is on.
-    # COMPOSE_PROFILES, because both compose versions read it (1.29 has no `--profile` on
-    # every subcommand); set for this command only.
-    local profiles=${COMPOSE_PROFILES:-} cmd=(docker-compose)
-    if baseline_on; then
-        profiles=baseline${profiles:+,$profiles}
-    fi
-    compose_v2 && cmd=(docker compose)
-    # shellcheck disable=SC2046  # word splitting of the -f list is intended
-    COMPOSE_PROFILES=$profiles "${cmd[@]}" -p "$PROJECT" --env-file "$ENV_FILE" $(compose_files) "$@"
+    sync_compose_env
+    # shellcheck disable=SC2046  # the command is words
+    COMPOSE_FILE=$(compose_files) COMPOSE_PROFILES=$(compose_profiles) COMPOSE_PATH_SEPARATOR=: \
+        $(compose_cmd) -p "$PROJECT" --env-file "$ENV_FILE" "$@"
 }
 
-env_value() {  # env_value NAME [DEFAULT]: the shell's value, else the env file's, else
-               # .env.example's, else DEFAULT
-    local name=$1 default=${2:-} value file
-    value=${!name:-}
+env_value() {  # env_value NAME [DEFAULT]: the shell's value (unless FILE_ONLY=1), else the env
+               # file's, else .env.example's, else DEFAULT
+    local name=$1 default=${2:-} value="" file
+    [[ ${FILE_ONLY:-0} == 1 ]] || value=${!name:-}
     for file in "$ENV_FILE" .env.example; do
         if [[ -z $value && -f $file ]]; then
             value=$(sed -n "s/^${name}=//p" "$file" | tail -n 1)
@@ -95,11 +129,15 @@ if os.path.exists(path):
             out.writelines(fresh(name) for name in missing)
         print(f"added fresh {', '.join(missing)} to {path}")
     sys.exit(0)
+# The host user's ids, for what the scheduled backup writes into backups/.
+ids = {"BACKUP_UID": os.getuid(), "BACKUP_GID": os.getgid()}
 lines = []
 for line in open(".env.example", encoding="utf-8"):
     name = line.split("=", 1)[0]
     if name in generated and line.strip() == f"{name}=":
         line = fresh(name)
+    elif name in ids and line.strip() == f"{name}=":
+        line = f"{name}={ids[name]}\n"
     lines.append(line)
 with open(path, "x", encoding="utf-8") as out:
     out.writelines(lines)
@@ -107,6 +145,7 @@ os.chmod(path, 0o600)
 print(f"created {path} with fresh secrets (chmod 600)")
 PY
     ensure_app_env
+    sync_compose_env
 }
 
 container_state() {  # container_state ID: health status, or the run state when it has no healthcheck
@@ -140,11 +179,18 @@ diagnose() {  # after a failed `up`: report every container of the project that 
 }
 
 active_services() {  # the services `up` starts: 1.29's `config --services` ignores profiles
-    local service
-    for service in $(compose config --services); do
-        [[ $service == devserver ]] && ! baseline_on && continue
-        echo "$service"
-    done
+    local active
+    active=,$(compose_profiles),
+    compose config | awk -v active="$active" '
+        /^services:/ { in_services = 1; next }
+        /^[^ ]/ { in_services = 0 }
+        !in_services { next }
+        /^  [^ ]/ { sub(/:.*/, ""); sub(/^ +/, ""); service = $0; on[service] = 1; next }
+        /^    scale: 0$/ { off[service] = 1; next }
+        /^    profiles:/ { in_profiles = 1; on[service] = 0; next }
+        in_profiles && /^ +- / { p = $0; sub(/^ +- /, "", p); if (index(active, "," p ",")) on[service] = 1; next }
+        { in_profiles = 0 }
+        END { for (s in on) if (on[s] && !off[s]) print s }'
 }
 
 wait_healthy() {  # wait until every container is healthy (or exited 0 for one-shots)
@@ -204,7 +250,7 @@ baseline() {  # baseline up|down|running: the built-in-server baseline beside a 
 compose_wait_flags() {  # `up --wait` where compose has it (v2), with a timeout where it has one
     local help
     compose_v2 || return 0
-    help=$(docker compose up --help 2>/dev/null)
+    help=$($(compose_cmd) up --help 2>/dev/null)
     grep -q -- '--wait ' <<< "$help" || return 0
     if grep -q -- '--wait-timeout' <<< "$help"; then
         echo "--wait --wait-timeout $1"
@@ -216,7 +262,7 @@ compose_wait_flags() {  # `up --wait` where compose has it (v2), with a timeout 
 up_stack() {  # up REPLICAS: start (or update) the stack and return once every service is healthy
     local replicas=${1:-3} wait_flags
     if [[ $(env_value DEV 0) == 1 && $(env_value APP_ENV production) == production ]]; then
-        echo "refused: the development override (docker-compose.dev.yml) mounts the source and" \
+        echo "refused: the development overlay (deploy/compose/dev.yml) mounts the source and" \
             "restarts on changes; APP_ENV is production. Use make dev-stack, or set" \
             "APP_ENV=development." >&2
         return 2
