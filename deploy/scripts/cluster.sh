@@ -33,8 +33,11 @@
 #   machine's Docker may use the cluster's. No TCP port is opened for it.
 # - The kernel here has no IPVS, so Swarm's routing mesh and virtual IPs do not work: the stack
 #   uses DNS round robin (endpoint_mode: dnsrr) and host-mode ports, one nginx per node.
-# - CLUSTER_STATE_DIR/uploads is mounted into every node at /srv/flaskstack/uploads: the shared
-#   volume the stack's uploads use on this cluster (it stands for an NFS export; docs/swarm.md).
+# - CLUSTER_STATE_DIR/uploads is mounted into every node at /srv/flaskstack/uploads, and the
+#   state file's SWARM_UPLOADS_* settings bind the stack's `uploads` volume to it: it stands
+#   for an NFS export, which this kernel cannot serve to containers (docs/swarm.md).
+# - The state file (`cluster.sh env`) also holds the other settings swarm.sh needs here: it
+#   reads them over the shell's and the env file's.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -48,7 +51,7 @@ STATE=$(realpath -m "${CLUSTER_STATE_DIR:-$ROOT/build/cluster/$NAME}")
 DIND_IMAGE=$("$ROOT/deploy/images/build.sh" names-cluster | sed -n 's/^DIND_IMAGE=//p')
 REGISTRY_IMAGE=$("$ROOT/deploy/images/build.sh" names-cluster | sed -n 's/^REGISTRY_IMAGE=//p')
 LABEL=org.flaskstack.cluster
-# Where a node mounts the shared uploads directory (docker-compose.swarm.cluster.yml uses it).
+# Where a node mounts the shared uploads directory.
 UPLOADS_MOUNT=/srv/flaskstack/uploads
 APP_UID=10001 # deploy/tornado/Dockerfile's USER: the replicas write uploads as this user
 
@@ -142,8 +145,17 @@ write_state() {
         echo "CLUSTER_PORTS=\"${ports[*]}\""
         echo "CLUSTER_PUSH_REGISTRY=127.0.0.1:$REGISTRY_PORT"
         echo "CLUSTER_PULL_REGISTRY=registry:5000"
-        echo "CLUSTER_UPLOADS=$UPLOADS_MOUNT"
         for ((i = 1; i <= NODES; i++)); do echo "CLUSTER_NODE${i}_HOST=unix://$(node_sock "$i")"; done
+        # swarm.sh's settings for this cluster. nginx publishes 8080 on each node, which the
+        # node container publishes on 127.0.0.1 (host mode: no routing mesh without IPVS).
+        echo "SWARM_PORT=8080"
+        echo "SWARM_PUBLISH_MODE=host"
+        # The nodes pull from the registry, by digest, so a pushed rebuild rolls out.
+        echo "SWARM_RESOLVE_IMAGE=always"
+        # The `uploads` volume binds the directory every node mounts.
+        echo "SWARM_UPLOADS_TYPE=none"
+        echo "SWARM_UPLOADS_OPTIONS=bind"
+        echo "SWARM_UPLOADS_DEVICE=$UPLOADS_MOUNT"
     } >"$STATE/cluster.env"
 }
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The stack on Docker Swarm (`make swarm-up`, `make swarm-down`): the compose files `make` uses,
-# plus docker-compose.swarm.yml (and docker-compose.swarm.postgres.yml with the bundled
-# Postgres), rendered with the same env file and deployed as a stack.
+# The stack on Docker Swarm (`make swarm-up`, `make swarm-down`): the compose files and profiles
+# `make` uses, plus deploy/compose/swarm.yml, rendered with the same env file, translated for
+# Swarm by swarm_render.py and deployed as a stack.
 #
 # Where: the three-node cluster `make cluster-up` started (deploy/scripts/cluster.sh), when its
 # state file exists; otherwise this machine's engine. On the cluster, swarm.sh talks to a
-# manager through its socket, pushes the images to the cluster's registry (the nodes pull them
-# from there), publishes nginx on every node, each node's port reaching this machine on
-# 127.0.0.1 only, and adds docker-compose.swarm.cluster.yml (the shared uploads volume).
+# manager through its socket and pushes the images to the cluster's registry (the nodes pull them
+# from there); the cluster's state file gives the settings that differ there (SWARM_PORT,
+# SWARM_PUBLISH_MODE, SWARM_RESOLVE_IMAGE, SWARM_UPLOADS_*).
 #
 #   swarm.sh up             join nothing, init a single-node swarm if this node is in none,
 #                           deploy (or update) Postgres and the migration, wait until the
@@ -29,6 +29,9 @@
 #                                   yourself with the node's address and join the others first
 #   SWARM_RESOLVE_IMAGE (never)     `docker stack deploy --resolve-image`: never uses the local
 #                                   images; always/changed for images in a registry
+#   SWARM_UPLOADS_TYPE, _DEVICE,    the `uploads` volume's local-driver options (mount -t TYPE
+#   _OPTIONS (empty)                -o OPTIONS DEVICE on each node), so every node sees the same
+#                                   files: nfs, or none/bind with a directory every node mounts
 #   SWARM_TIMEOUT (300)             seconds `up` waits for the services, `down` for removal
 #   SWARM_STATE_DIR (build/swarm)   where `up` remembers that it created the swarm, and the
 #                                   secrets' files (mode 0600) the CLI reads when deploying
@@ -70,15 +73,14 @@ case ${SWARM_CLUSTER:-auto} in
        CLUSTER=1 ;;
 esac
 if ((CLUSTER)); then
+    # Its nodes, registry and the SWARM_* settings it needs, over the shell's and the env file's.
+    set -a
     # shellcheck source=/dev/null  # written by cluster.sh
     source "$CLUSTER_STATE_DIR/cluster.env"
+    set +a
     HOST_DOCKER_HOST=${DOCKER_HOST:-}
     DOCKER_HOST=$("$SCRIPTS/cluster.sh" manager) || die "no manager of cluster $CLUSTER_NAME answers"
-    # nginx publishes 8080 on each node (host mode: no routing mesh without IPVS); each node
-    # container publishes that on 127.0.0.1 of this machine (CLUSTER_PORTS). Images come from
-    # the cluster's registry, by digest, so a pushed rebuild rolls out.
-    SWARM_PORT=8080 SWARM_PUBLISH_MODE=host SWARM_RESOLVE_IMAGE=always
-    export DOCKER_HOST CLUSTER_UPLOADS SWARM_PORT SWARM_PUBLISH_MODE SWARM_RESOLVE_IMAGE
+    export DOCKER_HOST
 fi
 host_docker() {  # this machine's engine, whichever engine the rest of the script talks to
     if ((CLUSTER)); then DOCKER_HOST=$HOST_DOCKER_HOST command docker "$@"; else docker "$@"; fi
@@ -98,58 +100,31 @@ python_with_yaml() {  # an interpreter that has PyYAML (docker-compose 1.x bring
     die "rendering needs Python with PyYAML (apt-get install python3-yaml, or make venv)"
 }
 
-# What `docker stack deploy` refuses or ignores in a rendered compose file, and what
-# swarm_render.py does about each (docker-compose.swarm.yml restates the intent in Swarm's
-# terms):
-#   services with deploy.replicas 0  left out (the devserver baseline)
-#   mem_limit, cpus                  refused: deploy.resources.limits in the override instead
-#   pids_limit                       refused: moved to deploy.resources.limits.pids (API 1.41)
-#   shm_size, tmpfs                  ignored: tmpfs mounts under `volumes` in the override
-#   restart                          ignored: deploy.restart_policy in the override
-#   security_opt                     ignored: Swarm services on Engine API 1.41 cannot set
-#                                    no-new-privileges (cap_drop ALL and a non-root user stay)
-#   build                            ignored: Swarm never builds; images must exist (or be in
-#                                    a registry every node can pull from)
-#   depends_on                       conditions refused, order ignored: the migration retries
-#                                    until Postgres answers and `up` waits for it
-#   dns_opt                          refused: dropped; a stopped Postgres task keeps its
-#                                    service name (a VIP), so lookups do not stall there
-#   ports with an address            Swarm cannot bind one address: published on every
-#                                    interface, in SWARM_PUBLISH_MODE, unless the override
-#                                    already publishes that container port
-#   cpus values                      numbers refused: strings
-#   a bind mount of one file         needs the file on every node: a Swarm config instead
-#                                    (the monitoring profile's prometheus.yml and rules.yml)
-#   prometheus's port                published only on SWARM_PROMETHEUS_PORT (no login, and
-#                                    Swarm cannot bind 127.0.0.1)
-#   POSTGRES_MONITOR_PASSWORD,       Swarm secrets (<KEY>_FILE), like the stack's own secrets
-#   DATA_SOURCE_PASS
-#   (local images)                   with SWARM_RESOLVE_IMAGE=never each service gets its
-#                                    image's id as a container label, so `make images` and
-#                                    `make swarm-up` roll out a rebuilt image under the same tag
-# A compose key that is lost without a replacement (a tmpfs path or a memory limit the
-# override does not restate) is reported on stderr.
-render() {  # the deployable stack file on stdout
-    local py
+# The profiles `make` switches on (MONITORING, BACKUP_SCHEDULE, BASELINE): stack.sh's own rule,
+# read by sourcing it, as it has no command that prints them.
+compose_profiles() {
+    bash -c '. "$0" get PROJECT >/dev/null && compose_profiles' "$STACK_SH"
+}
+
+render() {  # the deployable stack file on stdout; swarm_render.py's docstring lists what it
+            # translates, and reports on stderr what is lost without a replacement
+    local py profiles
     py=$(python_with_yaml)
-    # The same files and env file as `make`, plus this override. Rendering with the stack's
-    # name as the project makes compose v2's explicit network and volume names match the
-    # names `docker stack deploy` gives them.
     SWARM_PORT=$(get SWARM_PORT "$(get STACK_PORT 8080)")
     SWARM_PUBLISH_MODE=$(get SWARM_PUBLISH_MODE host)
     SWARM_RESOLVE_IMAGE=$(get SWARM_RESOLVE_IMAGE never)
     SWARM_SECRETS_DIR=$STATE_DIR/secrets/$STACK SWARM_STACK=$STACK
     SWARM_PROMETHEUS_PORT=$(get SWARM_PROMETHEUS_PORT)
+    SWARM_UPLOADS_TYPE=$(get SWARM_UPLOADS_TYPE)
+    SWARM_UPLOADS_DEVICE=$(get SWARM_UPLOADS_DEVICE)
+    SWARM_UPLOADS_OPTIONS=$(get SWARM_UPLOADS_OPTIONS)
     export SWARM_PORT SWARM_PUBLISH_MODE SWARM_RESOLVE_IMAGE SWARM_SECRETS_DIR SWARM_STACK
-    export SWARM_PROMETHEUS_PORT
-    local files=(-f docker-compose.swarm.yml)
-    [[ -z $(get DATABASE_URL) ]] && files+=(-f docker-compose.swarm.postgres.yml)
-    if [[ $(get MONITORING 0) == 1 ]]; then
-        files+=(-f docker-compose.swarm.monitoring.yml)
-        [[ -z $(get DATABASE_URL) ]] && files+=(-f docker-compose.swarm.monitoring.postgres.yml)
-    fi
-    ((CLUSTER)) && files+=(-f docker-compose.swarm.cluster.yml)
-    PROJECT=$STACK "$STACK_SH" compose "${files[@]}" config | "$py" "$SCRIPTS/swarm_render.py"
+    export SWARM_PROMETHEUS_PORT SWARM_UPLOADS_TYPE SWARM_UPLOADS_DEVICE SWARM_UPLOADS_OPTIONS
+    profiles=$(compose_profiles)
+    # SWARM=1: stack.sh adds deploy/compose/swarm.yml. The stack's name as the project makes
+    # compose v2's explicit network and volume names match those `docker stack deploy` gives.
+    SWARM=1 PROJECT=$STACK "$STACK_SH" compose config |
+        COMPOSE_PROFILES=$profiles "$py" "$SCRIPTS/swarm_render.py"
 }
 
 stack_exists() { [[ -n $(docker service ls -q --filter "label=$LABEL" 2>/dev/null) ]]; }
@@ -186,7 +161,7 @@ ensure_swarm() {  # init a single-node swarm unless this node is already in one;
     esac
 }
 
-label_postgres_node() {  # Postgres's data is local to one node: pin it (see the override)
+label_postgres_node() {  # Postgres's data is local to one node: pin it (deploy/compose/swarm.yml)
     [[ -n $(get DATABASE_URL) ]] && return 0  # your own database: no bundled Postgres
     local node
     for node in $(docker node ls -q); do

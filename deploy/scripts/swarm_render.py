@@ -1,16 +1,58 @@
 """Turn a rendered compose file into one `docker stack deploy` accepts.
 
-deploy/scripts/swarm.sh (`render`, and so `up`) pipes `docker compose config` through this:
+deploy/scripts/swarm.sh (`render`, and so `up`) pipes compose's `config` of the files `make`
+uses plus deploy/compose/swarm.yml through this:
 
-    ... compose -f docker-compose.swarm.yml config | python3 deploy/scripts/swarm_render.py
+    SWARM=1 deploy/scripts/stack.sh compose config | python3 deploy/scripts/swarm_render.py
 
 The stack file goes to stdout and every compose key lost without a replacement to stderr; a
-port Swarm cannot publish or a local image that is missing ends the run with exit status 1 and
-a message. The interpreter needs PyYAML (swarm.sh picks one that has it). Settings, from the
-environment: SWARM_PUBLISH_MODE (host) for ports converted from compose's short form,
-SWARM_RESOLVE_IMAGE (never), with which each service is labelled with its local image's id, and
-SWARM_SECRETS_DIR with SWARM_STACK: where the secrets' files are written (see `to_secrets`).
-What is dropped or rewritten, and why, is listed in swarm.sh above its `render`.
+port Swarm cannot publish, a local image that is missing or half of the uploads settings ends
+the run with exit status 1 and a message. The interpreter needs PyYAML (swarm.sh picks one
+that has it). What Swarm spells differently is translated, so docker-compose.yml stays the one
+place for limits, tmpfs mounts and restart rules; a value swarm.yml already sets under
+`deploy` or `volumes` wins:
+
+    compose                         on Swarm
+    profiles not in COMPOSE_PROFILES  the service left out (compose v2's `config` leaves it out,
+                                    1.29's keeps it), and `profiles` removed
+    scale                           deploy.replicas
+    deploy.replicas 0               the service left out (swarm.yml: static, devserver, backup;
+                                    external-db.yml: the bundled Postgres's services)
+    mem_limit, cpus, pids_limit     deploy.resources.limits memory, cpus (a string), pids
+    tmpfs PATH:size=64m             a `type: tmpfs` volume with the size in bytes
+    tmpfs PATH:size=1m,uid=101      Swarm's tmpfs has no uid, gid or mode: on a global service
+                                    (one task per node) a tmpfs volume of the local driver,
+                                    which has; elsewhere dropped (the mount takes the mode of
+                                    the image's directory), reported once
+    shm_size                        a tmpfs volume on /dev/shm of that size
+    restart always|unless-stopped   deploy.restart_policy any, after 2 s (Swarm also replaces a
+                                    task whose healthcheck fails)
+    restart no|on-failure[:N]       a one-shot: on-failure, after 5 s, N times (20); swarm.sh
+                                    waits until it completed and knows one-shots by this
+    no published port               deploy.endpoint_mode dnsrr: a name resolves to each task,
+                                    so nginx has one peer per replica, and no IPVS virtual IP
+                                    drops pooled connections idle for 15 min (moby/moby#31208)
+    ports with an address           published on every interface in SWARM_PUBLISH_MODE (Swarm
+                                    cannot bind one address), unless a long-form port in
+                                    swarm.yml publishes that container port
+    prometheus's port               published only on SWARM_PROMETHEUS_PORT (no login)
+    a bind mount of one file        a Swarm config, which reaches every node
+    SECRET_ENV values               Swarm secrets, named in <KEY>_FILE (SWARM_SECRETS_DIR and
+                                    SWARM_STACK: where the files go, see `to_secrets`)
+    security_opt                    dropped: services on Engine API 1.41 cannot set
+                                    no-new-privileges (cap_drop ALL and the user stay)
+    dns_opt                         dropped: `docker stack deploy` refuses it
+    build                           dropped: Swarm never builds (see SWARM_RESOLVE_IMAGE)
+    depends_on                      dropped: swarm.sh deploys the migration first, and it
+                                    waits for its database
+    (local images)                  with SWARM_RESOLVE_IMAGE=never (the default) each service
+                                    is labelled with its local image's id, so a rebuild under
+                                    the same tag rolls out
+    (SWARM_UPLOADS_TYPE, _DEVICE,   the `uploads` volume's local-driver options, so every node
+    _OPTIONS)                       mounts the same files (NFS, or a directory on every node)
+
+Other settings, from the environment: SWARM_PUBLISH_MODE (host) for ports converted from
+compose's short form.
 
     python3 deploy/scripts/swarm_render.py --only postgres,migrate <stack.yml
 
@@ -25,14 +67,14 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-# Keys Swarm ignores or refuses and that need no replacement here (swarm.sh says why).
-DROPPED = ("shm_size", "restart", "security_opt", "build", "depends_on", "dns_opt")
+# Keys Swarm ignores or refuses and that need no replacement here (the docstring says why).
+DROPPED = ("security_opt", "build", "depends_on", "dns_opt")
 IMAGE_ID_LABEL = "org.flaskstack.image-id"
 # Environment variables that go to Swarm as secrets: the service gets <KEY>_FILE, a file under
 # /run/secrets, instead (the app and the Postgres image read both forms), so neither
@@ -50,64 +92,132 @@ SECRET_ENV = (
 # Prometheus's pages have no login.
 OPT_IN_PORTS = {"prometheus": "SWARM_PROMETHEUS_PORT"}
 SHORT_PORT = re.compile(r"(?:(.*):)?(\d+):(\d+)(?:/(tcp|udp))?")
+SIZE = re.compile(r"(\d+)([bkmg]?)b?", re.IGNORECASE)
+UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+SHM = "/dev/shm"  # noqa: S108  # the container's path that shm_size sizes
+# How often Swarm runs a failing one-shot (restart "no") again before giving up.
+ONE_SHOT_ATTEMPTS = 20
+# The volume every node must share, and the settings that give it the local driver's options.
+SHARED_VOLUME = "uploads"
+SHARED_VOLUME_SETTINGS = {
+    "type": "SWARM_UPLOADS_TYPE",
+    "device": "SWARM_UPLOADS_DEVICE",
+    "o": "SWARM_UPLOADS_OPTIONS",
+}
 
 
 class RenderError(Exception):
     """The compose file cannot be deployed as it is."""
 
 
-def move_limits(name: str, svc: dict[str, Any]) -> list[str]:
-    """Move pids_limit into deploy.resources.limits and drop mem_limit and cpus; report losses."""
+def size_bytes(value: str | int) -> int:
+    """Bytes of a compose size: 67108864, "64m", "1g"."""
+    m = SIZE.fullmatch(str(value).strip())
+    if not m:
+        raise RenderError(f"swarm.sh: cannot read the size {value!r}")
+    return int(m[1]) * UNITS[m[2].lower()]
+
+
+def move_limits(svc: dict[str, Any]) -> None:
+    """Move mem_limit, cpus and pids_limit into deploy.resources.limits, unless set there."""
     limits = svc["deploy"].setdefault("resources", {}).setdefault("limits", {})
+    for key, limit in (("mem_limit", "memory"), ("cpus", "cpus"), ("pids_limit", "pids")):
+        if key in svc:
+            limits.setdefault(limit, svc.pop(key))
     if "cpus" in limits:
-        limits["cpus"] = str(limits["cpus"])
-    if "pids_limit" in svc:
-        limits.setdefault("pids", svc.pop("pids_limit"))
-    lost = []
-    if svc.pop("mem_limit", None) and "memory" not in limits:
-        lost.append(f"{name}: mem_limit (set deploy.resources.limits.memory)")
-    if svc.pop("cpus", None) and "cpus" not in limits:
-        lost.append(f"{name}: cpus (set deploy.resources.limits.cpus)")
+        limits["cpus"] = str(limits["cpus"])  # a number is refused
+
+
+def mounted_targets(svc: dict[str, Any]) -> set[str]:
+    """The container paths the service's `volumes` entries mount."""
+    return {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in svc.get("volumes", [])}
+
+
+def move_tmpfs(name: str, svc: dict[str, Any], volumes: dict[str, Any]) -> list[str]:
+    """Turn tmpfs and shm_size into tmpfs mounts; return "name path" of each dropped owner.
+
+    Swarm's tmpfs mounts take a size only. A tmpfs with a uid, gid or mode on a global service
+    becomes a tmpfs volume of the local driver instead, which takes them, declared in `volumes`:
+    a node's volume is shared by the service's tasks there, and a global service has one. A
+    path that the service's `volumes` already mount gets nothing.
+    """
+    entries = svc.pop("tmpfs", []) or []
+    if isinstance(entries, str):
+        entries = [entries]
+    if "shm_size" in svc:
+        entries.append(f"{SHM}:size={svc.pop('shm_size')}")
+    mounted, lost = mounted_targets(svc), []
+    for entry in entries:
+        path, _, opts = entry.partition(":")
+        if path in mounted:
+            continue
+        sizes = [o.partition("=")[2] for o in opts.split(",") if o.startswith("size=")]
+        owner = [o for o in filter(None, opts.split(",")) if not o.startswith("size=")]
+        mount: dict[str, Any] = {"type": "tmpfs", "target": path}
+        if owner and svc["deploy"].get("mode") == "global":
+            source = f"{name}-{re.sub(r'[^a-z0-9]+', '-', path.lower()).strip('-')}"
+            driver_opts = {"type": "tmpfs", "device": "tmpfs", "o": opts}
+            volumes[source] = {"driver": "local", "driver_opts": driver_opts}
+            mount = {"type": "volume", "source": source, "target": path}
+        elif owner:
+            lost.append(f"{name} {path}")
+        if sizes and mount["type"] == "tmpfs":
+            mount["tmpfs"] = {"size": size_bytes(sizes[-1])}
+        svc.setdefault("volumes", []).append(mount)
     return lost
 
 
-def drop_tmpfs(name: str, svc: dict[str, Any]) -> list[str]:
-    """Drop the tmpfs key; report each path that no entry under `volumes` mounts instead."""
-    mounts = {
-        v["target"] if isinstance(v, dict) else v.split(":")[1] for v in svc.get("volumes", [])
-    }
-    return [
-        f"{name}: tmpfs {entry} (add a tmpfs volume)"
-        for entry in svc.pop("tmpfs", []) or []
-        if entry.split(":", 1)[0] not in mounts
-    ]
+def restart_policy(svc: dict[str, Any]) -> None:
+    """Turn compose's `restart` into deploy.restart_policy, unless that is set."""
+    if "restart" not in svc:
+        return
+    restart = svc.pop("restart")
+    if restart in ("always", "unless-stopped"):
+        policy = {"condition": "any", "delay": "2s"}
+    elif restart in ("no", False):  # False: an unquoted `no` in YAML 1.1
+        policy = {"condition": "on-failure", "delay": "5s", "max_attempts": ONE_SHOT_ATTEMPTS}
+    elif str(restart).startswith("on-failure"):
+        _, _, attempts = str(restart).partition(":")
+        policy = {"condition": "on-failure", "delay": "5s", "max_attempts": int(attempts or 0)}
+    else:
+        raise RenderError(f"swarm.sh: unknown restart {restart!r}")
+    svc["deploy"].setdefault("restart_policy", policy)
+
+
+def active(svc: dict[str, Any], profiles: set[str]) -> bool:
+    """Whether compose would start the service with `profiles` on; removes its `profiles`."""
+    wanted = svc.pop("profiles", None)
+    return not wanted or bool(profiles.intersection(wanted))
 
 
 def swarm_ports(name: str, ports: list[Any], mode: str) -> list[dict[str, Any]]:
-    """Ports without a host address: long-form ones first, then short-form ones in `mode`.
+    """Ports without a host address: the long-form ones first, then those with an address.
 
-    A short-form port whose container port a long-form one already publishes is left out.
+    A port with an address is compose's (short form in 1.29, host_ip in v2): Swarm publishes it
+    on every interface in `mode`, unless another port already publishes its container port
+    and protocol.
     """
-    result, published = [], set()
+    result, published, addressed = [], set(), []
     for port in ports:
-        if isinstance(port, dict):
-            port.pop("host_ip", None)  # compose v2's long form
+        if isinstance(port, dict) and "host_ip" not in port:
+            if str(port.get("published", "")).isdigit():
+                port["published"] = int(port["published"])  # compose v2 prints a string
             result.append(port)
-            published.add(int(port["target"]))
-    for port in ports:
-        if isinstance(port, str):
-            m = SHORT_PORT.fullmatch(port)
+            published.add((int(port["target"]), port.get("protocol", "tcp")))
+        elif isinstance(port, dict):
+            target, protocol = int(port["target"]), port.get("protocol", "tcp")
+            addressed.append((target, port["published"], protocol))
+        else:
+            m = SHORT_PORT.fullmatch(str(port))
             if not m:
                 raise RenderError(f"swarm.sh: cannot publish {name} port {port!r} on Swarm")
-            if int(m[3]) not in published:
-                result.append(
-                    {
-                        "target": int(m[3]),
-                        "published": int(m[2]),
-                        "protocol": m[4] or "tcp",
-                        "mode": mode,
-                    }
-                )
+            addressed.append((int(m[3]), m[2], m[4] or "tcp"))
+    for target, host_port, protocol in addressed:
+        if (target, protocol) not in published:
+            result.append(
+                {"target": target, "published": int(host_port), "protocol": protocol, "mode": mode}
+            )
+            published.add((target, protocol))
     return result
 
 
@@ -204,7 +314,7 @@ def to_configs(doc: dict[str, Any], prefix: str) -> None:
         del doc["configs"]
 
 
-def opt_in_ports(doc: dict[str, Any], mode: str, environ: dict[str, str]) -> None:
+def opt_in_ports(doc: dict[str, Any], mode: str, environ: Mapping[str, str]) -> None:
     """Publish an OPT_IN_PORTS service on the port its variable names, or not at all."""
     for name, variable in OPT_IN_PORTS.items():
         svc = doc.get("services", {}).get(name)
@@ -219,27 +329,59 @@ def opt_in_ports(doc: dict[str, Any], mode: str, environ: dict[str, str]) -> Non
             ]
 
 
+def round_robin(doc: dict[str, Any]) -> None:
+    """DNS round robin (endpoint_mode dnsrr) for every service that publishes no port."""
+    for svc in doc.get("services", {}).values():
+        if not svc.get("ports"):
+            svc["deploy"].setdefault("endpoint_mode", "dnsrr")
+
+
+def shared_volume(doc: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Give SHARED_VOLUME the local driver's options from SHARED_VOLUME_SETTINGS, if set."""
+    opts = {opt: environ.get(var, "") for opt, var in SHARED_VOLUME_SETTINGS.items()}
+    if not any(opts.values()):
+        return
+    if not (opts["type"] and opts["device"]):
+        raise RenderError(
+            "swarm.sh: SWARM_UPLOADS_TYPE and SWARM_UPLOADS_DEVICE go together (docs/swarm.md)"
+        )
+    volumes = doc.setdefault("volumes", {})
+    volume = volumes.get(SHARED_VOLUME) or {}
+    volume["driver"] = "local"
+    volume["driver_opts"] = {k: v for k, v in opts.items() if v}
+    volumes[SHARED_VOLUME] = volume
+
+
 def only(doc: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """The stack file `doc` with only the services `names` (those it has)."""
     doc["services"] = {k: v for k, v in doc.get("services", {}).items() if k in names}
     return doc
 
 
-def to_stack(doc: dict[str, Any], mode: str, image_id: Callable[[str], str] | None) -> list[str]:
+def to_stack(
+    doc: dict[str, Any], environ: Mapping[str, str], image_id: Callable[[str], str] | None
+) -> list[str]:
     """Rewrite the compose document `doc` in place for Swarm; return what was lost.
 
-    `image_id` looks up a local image's id (None: images come from a registry, no labels).
+    `environ` holds the settings (COMPOSE_PROFILES, SWARM_PUBLISH_MODE, SWARM_PROMETHEUS_PORT,
+    SWARM_UPLOADS_*); `image_id` looks up a local image's id (None: images come from a
+    registry, no labels).
     """
     doc.pop("name", None)  # compose v2
     doc.setdefault("version", "3.9")
-    lost = []
+    mode = environ.get("SWARM_PUBLISH_MODE", "host")
+    profiles = set(filter(None, environ.get("COMPOSE_PROFILES", "").split(",")))
+    lost, no_uid, tmpfs_volumes = [], [], {}
     for name, svc in list(doc.get("services", {}).items()):
         deploy = svc.setdefault("deploy", {})
-        if deploy.get("replicas", 1) == 0:
+        if "scale" in svc:
+            deploy.setdefault("replicas", svc.pop("scale"))
+        if not active(svc, profiles) or deploy.get("replicas", 1) == 0:
             del doc["services"][name]
             continue
-        lost += move_limits(name, svc)
-        lost += drop_tmpfs(name, svc)
+        move_limits(svc)
+        no_uid += move_tmpfs(name, svc, tmpfs_volumes)
+        restart_policy(svc)
         for key in DROPPED:
             svc.pop(key, None)
         ports = swarm_ports(name, svc.get("ports", []), mode)
@@ -247,22 +389,30 @@ def to_stack(doc: dict[str, Any], mode: str, image_id: Callable[[str], str] | No
             svc["ports"] = ports
         if image_id is not None and "image" in svc:
             label_image(name, svc, image_id)
+    if tmpfs_volumes:
+        doc.setdefault("volumes", {}).update(tmpfs_volumes)
+    opt_in_ports(doc, mode, environ)
+    round_robin(doc)
+    shared_volume(doc, environ)
+    if no_uid:
+        # Once for all: the mount takes the owner and mode of the image's directory.
+        lost.append(f"tmpfs uid, gid and mode (Swarm has none): {', '.join(no_uid)}")
     return lost
 
 
 def main() -> int:
     """Read the compose file on stdin, write the stack file to stdout."""
     doc = yaml.safe_load(sys.stdin)
+    if not isinstance(doc, dict):
+        sys.exit("swarm.sh: no compose file to render (compose's error above)")
     if sys.argv[1:2] == ["--only"]:
         yaml.safe_dump(only(doc, sys.argv[2].split(",")), sys.stdout, sort_keys=False)
         return 0
-    mode = os.environ.get("SWARM_PUBLISH_MODE", "host")
     local = os.environ.get("SWARM_RESOLVE_IMAGE", "never") == "never"
     secrets_dir = os.environ.get("SWARM_SECRETS_DIR")
     prefix = os.environ.get("SWARM_STACK", "flaskstack-swarm")
     try:
-        lost = to_stack(doc, mode, local_image_id if local else None)
-        opt_in_ports(doc, mode, dict(os.environ))
+        lost = to_stack(doc, os.environ, local_image_id if local else None)
         to_configs(doc, prefix)
         if secrets_dir:
             to_secrets(doc, Path(secrets_dir), prefix)

@@ -28,10 +28,10 @@ SCRIPTS = ROOT / "deploy" / "scripts"
 # swarm_render.py
 # ---------------------------------------------------------------------------------------------
 
-# `docker compose config` (v2) of docker-compose.yml + docker-compose.postgres.yml +
-# docker-compose.swarm.yml + docker-compose.swarm.postgres.yml, as `swarm.sh render` pipes it
-# (environment shortened). Compose v2 merges the override's long-form nginx port with the base
-# file's "127.0.0.1:8080:8080" and keeps the base file's host_ip.
+# `docker compose config` (v2) of docker-compose.yml + deploy/compose/swarm.yml with BASELINE=1,
+# as `swarm.sh render` pipes it (environment shortened): compose's own limits, tmpfs, shm_size
+# and restart, and swarm.yml's deploy keys. Compose v2 (2.40) keeps swarm.yml's long-form nginx
+# port beside the base file's "127.0.0.1:8080:8080", which it prints with its host_ip.
 COMPOSE_V2 = """\
 name: flaskstack-swarm
 services:
@@ -50,14 +50,9 @@ services:
         required: true
     deploy:
       replicas: 3
-      endpoint_mode: dnsrr
-      resources:
-        limits:
-          cpus: 1
-          memory: "268435456"
-      restart_policy:
-        condition: any
-        delay: 2s
+      placement:
+        preferences:
+          - spread: node.labels.flaskstack.zone
     dns_opt:
       - timeout:1
       - attempts:2
@@ -84,10 +79,6 @@ services:
         source: uploads
         target: /data/uploads
         volume: {}
-      - type: tmpfs
-        target: /tmp
-        tmpfs:
-          size: "67108864"
   devserver:
     command:
       - flask
@@ -103,6 +94,8 @@ services:
         target: 5000
         published: "5000"
         protocol: tcp
+    profiles:
+      - baseline
     restart: unless-stopped
   migrate:
     build:
@@ -111,24 +104,9 @@ services:
     cap_drop:
       - ALL
     command:
-      - flask
-      - --app
-      - app
-      - setup-db
-    depends_on:
-      postgres:
-        condition: service_healthy
-        required: true
-    deploy:
-      replicas: 1
-      resources:
-        limits:
-          cpus: 1
-          memory: "268435456"
-      restart_policy:
-        condition: on-failure
-        delay: 5s
-        max_attempts: 20
+      - python3
+      - -m
+      - flaskstack.migrate
     dns_opt:
       - timeout:1
       - attempts:2
@@ -142,11 +120,6 @@ services:
       - no-new-privileges:true
     tmpfs:
       - /tmp:size=64m
-    volumes:
-      - type: tmpfs
-        target: /tmp
-        tmpfs:
-          size: "67108864"
   nginx:
     build:
       context: /srv/flaskstack
@@ -154,21 +127,22 @@ services:
     cap_drop:
       - ALL
     deploy:
-      replicas: 1
+      mode: global
       update_config:
         order: stop-first
         failure_action: rollback
-      resources:
-        limits:
-          memory: "134217728"
     image: flaskstack/nginx:local
     mem_limit: "134217728"
     networks:
       edge: null
       public: null
     ports:
-      - mode: host
+      - mode: ingress
         host_ip: 127.0.0.1
+        target: 8080
+        published: "8080"
+        protocol: tcp
+      - mode: host
         target: 8080
         published: "8080"
         protocol: tcp
@@ -186,21 +160,10 @@ services:
         target: /data/uploads
         read_only: true
         volume: {}
-      - type: tmpfs
-        target: /tmp
-        tmpfs:
-          size: "268435456"
-      - type: volume
-        source: nginx-conf
-        target: /etc/nginx/conf.d
-        volume: {}
   postgres:
     deploy:
-      replicas: 1
-      endpoint_mode: dnsrr
-      resources:
-        limits:
-          memory: "536870912"
+      update_config:
+        order: stop-first
       placement:
         constraints:
           - node.labels.flaskstack.postgres == true
@@ -219,18 +182,6 @@ services:
         source: pgdata
         target: /var/lib/postgresql/data
         volume: {}
-      - type: tmpfs
-        target: /tmp
-        tmpfs:
-          size: "16777216"
-      - type: tmpfs
-        target: /var/run/postgresql
-        tmpfs:
-          size: "1048576"
-      - type: tmpfs
-        target: /dev/shm
-        tmpfs:
-          size: "134217728"
 networks:
   data:
     name: flaskstack-swarm_data
@@ -241,17 +192,14 @@ networks:
   public:
     name: flaskstack-swarm_public
 volumes:
-  nginx-conf:
-    name: flaskstack-swarm_nginx-conf
-    driver: local
   pgdata:
     name: flaskstack-swarm_pgdata
   uploads:
     name: flaskstack-swarm_uploads
 """
 
-# docker-compose 1.29 renders short-form ports as strings and may give labels as a list; this
-# service also lacks the override's limits and tmpfs volumes (a COMPOSE_EXTRA_FILES service).
+# docker-compose 1.29 renders short-form ports as strings, sizes with their unit, and may give
+# labels as a list (a COMPOSE_EXTRA_FILES service that swarm.yml knows nothing of).
 COMPOSE_V1_SERVICE = """\
 version: "3.9"
 services:
@@ -263,8 +211,9 @@ services:
     mem_limit: 64m
     cpus: 0.5
     pids_limit: 64
+    restart: on-failure:3
     tmpfs:
-      - /tmp:size=8m
+      - /tmp:size=8m,uid=65534
       - /run
     volumes:
       - ./statsd.yml:/etc/statsd.yml:ro
@@ -278,18 +227,46 @@ services:
       - 9200:9100
 """
 
+# docker-compose 1.29 keeps the services of every profile, with their `profiles`, and renders
+# external-db.yml's `scale: 0` as it is.
+COMPOSE_V1_PROFILES = """\
+version: "3.9"
+services:
+  app:
+    image: flaskstack/app:local
+  postgres:
+    image: postgres:17-trixie
+    scale: 0
+  prometheus:
+    image: prom/prometheus:v2.53.3
+    profiles:
+      - monitoring
+  backup:
+    image: postgres:17-trixie
+    profiles:
+      - backup
+      - nightly
+  devserver:
+    image: flaskstack/app:local
+    profiles:
+      - baseline
+"""
+
 IMAGE_IDS = {
     "flaskstack/app:local": "sha256:" + "a" * 64,
     "flaskstack/nginx:local": "sha256:" + "b" * 64,
     "postgres:17-trixie": "sha256:" + "c" * 64,
     "prom/statsd-exporter:v0.26.0": "sha256:" + "d" * 64,
 }
+UID_NOTE = "tmpfs uid, gid and mode (Swarm has none)"
 
 
-def render(text: str, mode: str = "host", image_id: Any = IMAGE_IDS.get) -> tuple[dict, list]:
+def render(
+    text: str, mode: str = "host", image_id: Any = IMAGE_IDS.get, **environ: str
+) -> tuple[dict, list]:
     """The stack document and the lost keys for a compose document, as `main` makes them."""
     doc = yaml.safe_load(text)
-    lost = swarm_render.to_stack(doc, mode, image_id)
+    lost = swarm_render.to_stack(doc, {"SWARM_PUBLISH_MODE": mode, **environ}, image_id)
     return doc, lost
 
 
@@ -372,49 +349,13 @@ def test_render_turns_file_mounts_into_configs_and_keeps_directories(tmp_path: P
 
 @pytest.mark.parametrize("port", ["", "19191"])
 def test_render_publishes_prometheus_only_on_request(port: str) -> None:
-    doc = {"services": {"prometheus": {"ports": [{"target": 9090, "published": 9090}]}}}
-    swarm_render.opt_in_ports(doc, "host", {"SWARM_PROMETHEUS_PORT": port})
+    text = "services:\n  prometheus:\n    ports: ['127.0.0.1:9090:9090']\n"
+    doc, _ = render(text, image_id=None, SWARM_PROMETHEUS_PORT=port)
+    prometheus = doc["services"]["prometheus"]
     expected = [{"target": 9090, "published": 19191, "protocol": "tcp", "mode": "host"}]
-    assert doc["services"]["prometheus"].get("ports") == (expected if port else None)
-
-
-def test_swarm_render_of_the_monitoring_profile_holds_no_file_mount_or_password(
-    tmp_path: Path,
-) -> None:
-    """swarm.sh render with MONITORING=1: what `docker stack deploy` gets on several nodes."""
-    env_file = tmp_path / "env"
-    env_file.write_text(
-        "".join(
-            f"{k}={'x' * 40}\n"
-            for k in ("SECRET_KEY", "JWT_SECRET_KEY", "POSTGRES_PASSWORD", "ADMIN_PASSWORD")
-        )
-        + "POSTGRES_MONITOR_PASSWORD=m0nitor\nMONITORING=1\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARM_", "MONITORING"))}
-    env |= {"ENV_FILE": str(env_file), "SWARM_RESOLVE_IMAGE": "always", "SWARM_CLUSTER": "0"}
-    env["SWARM_STATE_DIR"] = str(tmp_path / "state")  # where the secrets' files go
-    result = subprocess.run(
-        [str(SCRIPTS / "swarm.sh"), "render"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    doc = yaml.safe_load(result.stdout)
-    services = doc["services"]
-    assert {"prometheus", "nginx-exporter", "monitor-role", "postgres-exporter"} <= set(services)
-    for name in ("prometheus", "monitor-role"):
-        assert all(":/etc/" not in str(v) for v in services[name].get("volumes", [])), name
-    targets = {c["target"] for c in services["prometheus"]["configs"]}
-    assert targets == {"/etc/prometheus/prometheus.yml", "/etc/prometheus/rules.yml"}
-    assert "ports" not in services["prometheus"]
-    assert "m0nitor" not in result.stdout
-    assert services["postgres-exporter"]["environment"]["DATA_SOURCE_PASS_FILE"]
-    assert services["monitor-role"]["environment"]["POSTGRES_MONITOR_PASSWORD_FILE"]
-    for name in ("prometheus", "nginx-exporter", "postgres-exporter"):
-        assert services[name]["deploy"]["endpoint_mode"] == "dnsrr", name
+    assert prometheus.get("ports") == (expected if port else None)
+    # Published, it keeps its virtual IP (an ingress port needs one); otherwise DNS round robin.
+    assert prometheus["deploy"].get("endpoint_mode") == (None if port else "dnsrr")
 
 
 def test_render_only_keeps_the_services_named() -> None:
@@ -425,7 +366,7 @@ def test_render_only_keeps_the_services_named() -> None:
 
 
 def test_render_leaves_out_services_with_zero_replicas_and_compose_v2_name() -> None:
-    doc, _ = render(COMPOSE_V2)
+    doc, _ = render(COMPOSE_V2, COMPOSE_PROFILES="baseline")
     assert list(doc["services"]) == ["app", "migrate", "nginx", "postgres"]
     assert "name" not in doc
     # Added last: yaml.safe_dump(sort_keys=False) prints it after networks and volumes.
@@ -433,10 +374,21 @@ def test_render_leaves_out_services_with_zero_replicas_and_compose_v2_name() -> 
     assert doc["version"] == "3.9"
 
 
+def test_render_leaves_out_services_of_inactive_profiles_and_scale_zero() -> None:
+    doc, _ = render(COMPOSE_V1_PROFILES, image_id=None)
+    assert list(doc["services"]) == ["app"]
+    doc, _ = render(COMPOSE_V1_PROFILES, image_id=None, COMPOSE_PROFILES="monitoring,nightly")
+    assert list(doc["services"]) == ["app", "prometheus", "backup"]
+    # Compose v2 would not list `profiles` or `scale`; Swarm refuses both.
+    assert all("profiles" not in svc and "scale" not in svc for svc in doc["services"].values())
+    doc, _ = render("services:\n  worker:\n    scale: 2\n", image_id=None)
+    assert doc["services"]["worker"]["deploy"]["replicas"] == 2
+
+
 def test_render_drops_the_keys_swarm_refuses_or_ignores() -> None:
     doc, _ = render(COMPOSE_V2)
-    dropped = {"mem_limit", "cpus", "pids_limit", "tmpfs", "shm_size", "restart"}
-    dropped |= {"security_opt", "build", "depends_on", "dns_opt"}
+    dropped = {"mem_limit", "cpus", "pids_limit", "tmpfs", "shm_size", "restart", "profiles"}
+    dropped |= {"security_opt", "build", "depends_on", "dns_opt", "scale"}
     for name, svc in doc["services"].items():
         assert dropped.isdisjoint(svc), (name, sorted(dropped & set(svc)))
     # What Swarm honours stays, in compose's order.
@@ -454,27 +406,152 @@ def test_render_drops_the_keys_swarm_refuses_or_ignores() -> None:
     ]
 
 
-def test_render_restates_limits_in_swarm_terms() -> None:
+def test_render_translates_limits() -> None:
     doc, lost = render(COMPOSE_V2)
     services = doc["services"]
     assert services["app"]["deploy"]["resources"]["limits"] == {
-        "cpus": "1",  # a number is refused
         "memory": "268435456",
-        "pids": 256,  # pids_limit, moved
+        "cpus": "1",  # a number is refused
+        "pids": 256,
     }
+    assert services["migrate"]["deploy"]["resources"]["limits"] == {"pids": 256}
     assert services["nginx"]["deploy"]["resources"]["limits"] == {"memory": "134217728"}
     assert services["postgres"]["deploy"]["resources"]["limits"] == {"memory": "536870912"}
-    # Every compose limit and tmpfs path has its replacement in the override: nothing lost.
+    assert lost == [f"{UID_NOTE}: postgres /var/run/postgresql"]
+
+
+def test_render_keeps_a_limit_the_deploy_section_already_sets() -> None:
+    doc = {
+        "services": {
+            "worker": {
+                "image": "worker:1",
+                "mem_limit": "1g",
+                "cpus": 2,
+                "pids_limit": 512,
+                "tmpfs": ["/scratch"],
+                "volumes": ["scratch:/scratch"],
+                "deploy": {"resources": {"limits": {"pids": 100, "cpus": 0.25}}},
+            }
+        }
+    }
+    lost = swarm_render.to_stack(doc, {}, None)
+    worker = doc["services"]["worker"]
+    assert worker["deploy"]["resources"]["limits"] == {"pids": 100, "cpus": "0.25", "memory": "1g"}
+    assert worker["volumes"] == ["scratch:/scratch"]  # /scratch is mounted already: no tmpfs
     assert lost == []
+
+
+def tmpfs_mounts(svc: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """(target, size) of each tmpfs volume of a rendered service."""
+    return [
+        (v["target"], v.get("tmpfs", {}).get("size"))
+        for v in svc.get("volumes", [])
+        if isinstance(v, dict) and v.get("type") == "tmpfs"
+    ]
+
+
+def test_render_translates_tmpfs_and_shm_size() -> None:
+    doc, lost = render(COMPOSE_V2)
+    services = doc["services"]
+    assert tmpfs_mounts(services["app"]) == [("/tmp", 64 * 2**20)]
+    assert tmpfs_mounts(services["migrate"]) == [("/tmp", 64 * 2**20)]
+    assert tmpfs_mounts(services["postgres"]) == [
+        ("/tmp", 16 * 2**20),
+        ("/var/run/postgresql", 2**20),  # without its uid, said once
+        ("/dev/shm", 128 * 2**20),
+    ]
+    assert lost == [f"{UID_NOTE}: postgres /var/run/postgresql"]
+    # nginx runs one task per node: its tmpfs with a uid is a node's volume, which takes one.
+    assert tmpfs_mounts(services["nginx"]) == []
+    assert services["nginx"]["volumes"][1:] == [
+        {"type": "volume", "source": "nginx-tmp", "target": "/tmp"},
+        {"type": "volume", "source": "nginx-etc-nginx-conf-d", "target": "/etc/nginx/conf.d"},
+    ]
+    assert doc["volumes"]["nginx-etc-nginx-conf-d"] == {
+        "driver": "local",
+        "driver_opts": {"type": "tmpfs", "device": "tmpfs", "o": "size=1m,uid=101,gid=101"},
+    }
+    assert doc["volumes"]["nginx-tmp"]["driver_opts"]["o"] == "size=256m,uid=101,gid=101"
+
+
+@pytest.mark.parametrize(
+    ("restart", "policy"),
+    [
+        ("unless-stopped", {"condition": "any", "delay": "2s"}),
+        ("always", {"condition": "any", "delay": "2s"}),
+        ("no", {"condition": "on-failure", "delay": "5s", "max_attempts": 20}),
+        (False, {"condition": "on-failure", "delay": "5s", "max_attempts": 20}),
+        ("on-failure:3", {"condition": "on-failure", "delay": "5s", "max_attempts": 3}),
+        ("on-failure", {"condition": "on-failure", "delay": "5s", "max_attempts": 0}),
+    ],
+)
+def test_render_translates_restart(restart: Any, policy: dict[str, Any]) -> None:
+    doc = {"services": {"s": {"restart": restart}}}
+    swarm_render.to_stack(doc, {}, None)
+    assert doc["services"]["s"]["deploy"]["restart_policy"] == policy
+    assert "restart" not in doc["services"]["s"]
+
+
+def test_render_restart_policy_from_swarm_yml_wins_and_none_is_swarms_default() -> None:
+    kept = {"condition": "none"}
+    doc = {
+        "services": {
+            "job": {"restart": "no", "deploy": {"restart_policy": kept}},
+            "plain": {"image": "x"},
+        }
+    }
+    swarm_render.to_stack(doc, {}, None)
+    assert doc["services"]["job"]["deploy"]["restart_policy"] == kept
+    assert "restart_policy" not in doc["services"]["plain"]["deploy"]
+    with pytest.raises(swarm_render.RenderError, match="unknown restart 'sometimes'"):
+        swarm_render.to_stack({"services": {"s": {"restart": "sometimes"}}}, {}, None)
+
+
+def test_render_dns_round_robin_for_every_service_without_a_published_port() -> None:
+    doc, _ = render(COMPOSE_V2)
+    modes = {name: svc["deploy"].get("endpoint_mode") for name, svc in doc["services"].items()}
+    assert modes == {"app": "dnsrr", "migrate": "dnsrr", "nginx": None, "postgres": "dnsrr"}
+    doc = {"services": {"db": {"deploy": {"endpoint_mode": "vip"}}}}
+    swarm_render.to_stack(doc, {}, None)
+    assert doc["services"]["db"]["deploy"]["endpoint_mode"] == "vip"  # swarm.yml's choice
+
+
+def test_render_gives_uploads_the_shared_volume_settings() -> None:
+    settings = {
+        "SWARM_UPLOADS_TYPE": "nfs",
+        "SWARM_UPLOADS_DEVICE": ":/exports/uploads",
+        "SWARM_UPLOADS_OPTIONS": "addr=nfs.example.com,rw,nfsvers=4",
+    }
+    doc, _ = render(COMPOSE_V2, **settings)
+    assert doc["volumes"]["uploads"] == {
+        "name": "flaskstack-swarm_uploads",
+        "driver": "local",
+        "driver_opts": {
+            "type": "nfs",
+            "device": ":/exports/uploads",
+            "o": "addr=nfs.example.com,rw,nfsvers=4",
+        },
+    }
+    doc, _ = render(COMPOSE_V2)
+    assert doc["volumes"]["uploads"] == {"name": "flaskstack-swarm_uploads"}
+    with pytest.raises(swarm_render.RenderError, match="SWARM_UPLOADS_TYPE and"):
+        render(COMPOSE_V2, SWARM_UPLOADS_DEVICE="/srv/uploads")
 
 
 def test_render_publishes_ports_without_an_address() -> None:
     doc, _ = render(COMPOSE_V2, mode="ingress")
-    # The long form keeps its own mode; only the address goes.
+    # swarm.yml's port publishes 8080 in its own mode; compose's, with an address, is left out.
     assert doc["services"]["nginx"]["ports"] == [
-        {"mode": "host", "target": 8080, "published": "8080", "protocol": "tcp"}
+        {"mode": "host", "target": 8080, "published": 8080, "protocol": "tcp"}
     ]
     assert "ports" not in doc["services"]["app"]
+    ports = [{"host_ip": "127.0.0.1", "target": 53, "published": "5353", "protocol": "udp"}]
+    ports += ["127.0.0.1:5353:53", {"target": 53, "published": 53, "protocol": "tcp"}]
+    doc, _ = render(yaml.safe_dump({"services": {"dns": {"ports": ports}}}), image_id=None)
+    assert doc["services"]["dns"]["ports"] == [
+        {"target": 53, "published": 53, "protocol": "tcp"},
+        {"target": 53, "published": 5353, "protocol": "udp", "mode": "host"},
+    ]
 
 
 def test_render_labels_each_service_with_its_local_image_id() -> None:
@@ -497,7 +574,7 @@ def test_render_stops_when_a_local_image_is_missing() -> None:
     )
 
 
-def test_render_compose_v1_ports_labels_and_losses() -> None:
+def test_render_compose_v1_service() -> None:
     doc, lost = render(COMPOSE_V1_SERVICE, mode="host")
     svc = doc["services"]["metrics"]
     assert svc["ports"] == [
@@ -511,40 +588,19 @@ def test_render_compose_v1_ports_labels_and_losses() -> None:
         "com.example.note": "a=b",
         "org.flaskstack.image-id": IMAGE_IDS["prom/statsd-exporter:v0.26.0"],
     }
-    assert svc["deploy"] == {"resources": {"limits": {"pids": 64}}}
-    assert lost == [
-        "metrics: mem_limit (set deploy.resources.limits.memory)",
-        "metrics: cpus (set deploy.resources.limits.cpus)",
-        "metrics: tmpfs /tmp:size=8m (add a tmpfs volume)",
-        "metrics: tmpfs /run (add a tmpfs volume)",
-    ]
-
-
-def test_render_keeps_a_limit_the_deploy_section_already_sets() -> None:
-    doc = {
-        "services": {
-            "worker": {
-                "image": "worker:1",
-                "pids_limit": 512,
-                "tmpfs": ["/scratch"],
-                "volumes": ["scratch:/scratch"],
-                "deploy": {"resources": {"limits": {"pids": 100, "cpus": 0.25}}},
-            }
-        }
+    assert svc["deploy"] == {
+        "resources": {"limits": {"memory": "64m", "cpus": "0.5", "pids": 64}},
+        "restart_policy": {"condition": "on-failure", "delay": "5s", "max_attempts": 3},
     }
-    lost = swarm_render.to_stack(doc, "host", None)
-    assert doc["services"]["worker"]["deploy"]["resources"]["limits"] == {
-        "pids": 100,
-        "cpus": "0.25",
-    }
-    assert lost == []  # /scratch is mounted by the short-form volume
+    assert tmpfs_mounts(svc) == [("/tmp", 8 * 2**20), ("/run", None)]
+    assert lost == [f"{UID_NOTE}: metrics /tmp"]
 
 
 @pytest.mark.parametrize("port", ["8080", "8000-8002:8000-8002", "127.0.0.1:8080:http"])
 def test_render_refuses_ports_swarm_cannot_publish(port: str) -> None:
     doc = {"services": {"web": {"ports": [port]}}}
     with pytest.raises(swarm_render.RenderError) as caught:
-        swarm_render.to_stack(doc, "host", None)
+        swarm_render.to_stack(doc, {}, None)
     assert str(caught.value) == f"swarm.sh: cannot publish web port {port!r} on Swarm"
 
 
@@ -562,7 +618,7 @@ def fake_docker(tmp_path: Path) -> dict[str, str]:
         "esac\n"
     )
     docker.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARM_", "COMPOSE_PROFILES"))}
     return {**env, "PATH": f"{tmp_path}{os.pathsep}{env['PATH']}"}
 
 
@@ -581,12 +637,7 @@ def run_render(stdin: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
 def test_render_command_writes_the_stack_file_and_reports_losses(fake_docker) -> None:
     result = run_render(COMPOSE_V1_SERVICE, {**fake_docker, "SWARM_PUBLISH_MODE": "ingress"})
     assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines() == [
-        "swarm.sh: not applied on Swarm: metrics: mem_limit (set deploy.resources.limits.memory)",
-        "swarm.sh: not applied on Swarm: metrics: cpus (set deploy.resources.limits.cpus)",
-        "swarm.sh: not applied on Swarm: metrics: tmpfs /tmp:size=8m (add a tmpfs volume)",
-        "swarm.sh: not applied on Swarm: metrics: tmpfs /run (add a tmpfs volume)",
-    ]
+    assert result.stderr == f"swarm.sh: not applied on Swarm: {UID_NOTE}: metrics /tmp\n"
     doc = yaml.safe_load(result.stdout)
     assert doc["services"]["metrics"]["ports"][1]["mode"] == "ingress"
     assert doc["services"]["metrics"]["labels"]["org.flaskstack.image-id"] == "sha256:" + "d" * 64
@@ -594,11 +645,21 @@ def test_render_command_writes_the_stack_file_and_reports_losses(fake_docker) ->
     assert result.stdout == yaml.safe_dump(expected, sort_keys=False)
 
 
+def test_render_command_reads_the_profiles_from_the_environment(fake_docker) -> None:
+    env = {**fake_docker, "SWARM_RESOLVE_IMAGE": "always", "COMPOSE_PROFILES": "backup"}
+    result = run_render(COMPOSE_V1_PROFILES, env)
+    assert result.returncode == 0, result.stderr
+    assert list(yaml.safe_load(result.stdout)["services"]) == ["app", "backup"]
+
+
 def test_render_command_with_a_registry_does_not_ask_docker(fake_docker) -> None:
     env = {**fake_docker, "SWARM_RESOLVE_IMAGE": "always", "PATH": "/nonexistent"}
     result = run_render(COMPOSE_V2, env)
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    assert (
+        result.stderr
+        == f"swarm.sh: not applied on Swarm: {UID_NOTE}: postgres /var/run/postgresql\n"
+    )
     doc = yaml.safe_load(result.stdout)
     assert "name" not in doc
     assert all("labels" not in svc for svc in doc["services"].values())
@@ -611,6 +672,155 @@ def test_render_command_fails_on_a_missing_image(fake_docker) -> None:
     assert result.stderr == (
         "swarm.sh: image postgres:18 (postgres) is not on this machine: make images\n"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# swarm.sh render: the compose files, overlays and profiles of `make`, plus swarm.yml
+# ---------------------------------------------------------------------------------------------
+
+
+def swarm_sh_render(tmp_path: Path, settings: str, **environ: str) -> dict[str, Any]:
+    """The stack file `swarm.sh render` prints for an env file with `settings` (needs compose)."""
+    tmp_path.mkdir(exist_ok=True)
+    env_file = tmp_path / "env"
+    env_file.write_text(
+        "".join(
+            f"{k}={'x' * 40}\n"
+            for k in ("SECRET_KEY", "JWT_SECRET_KEY", "POSTGRES_PASSWORD", "ADMIN_PASSWORD")
+        )
+        + "POSTGRES_MONITOR_PASSWORD=m0nitor\n"
+        + settings
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SWARM_", "MONITORING", "DATABASE_URL", "BASELINE", "BACKUP"))
+    }
+    env |= {"ENV_FILE": str(env_file), "SWARM_RESOLVE_IMAGE": "always", "SWARM_CLUSTER": "0"}
+    env["SWARM_STATE_DIR"] = str(tmp_path / "state")  # where the secrets' files go
+    result = subprocess.run(
+        [str(SCRIPTS / "swarm.sh"), "render"],
+        cwd=ROOT,
+        env=env | environ,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "m0nitor" not in result.stdout
+    return yaml.safe_load(result.stdout)
+
+
+def test_swarm_render_of_the_monitoring_profile_holds_no_file_mount_or_password(
+    tmp_path: Path,
+) -> None:
+    """swarm.sh render with MONITORING=1: what `docker stack deploy` gets on several nodes."""
+    services = swarm_sh_render(tmp_path, "MONITORING=1\n")["services"]
+    assert {"prometheus", "nginx-exporter", "monitor-role", "postgres-exporter"} <= set(services)
+    for name in ("prometheus", "monitor-role"):
+        assert all(":/etc/" not in str(v) for v in services[name].get("volumes", [])), name
+    targets = {c["target"] for c in services["prometheus"]["configs"]}
+    assert targets == {"/etc/prometheus/prometheus.yml", "/etc/prometheus/rules.yml"}
+    assert "ports" not in services["prometheus"]
+    assert services["postgres-exporter"]["environment"]["DATA_SOURCE_PASS_FILE"]
+    assert services["monitor-role"]["environment"]["POSTGRES_MONITOR_PASSWORD_FILE"]
+    for name in ("prometheus", "nginx-exporter", "postgres-exporter"):
+        assert services[name]["deploy"]["endpoint_mode"] == "dnsrr", name
+
+
+MIB = 2**20
+ANY = {"condition": "any", "delay": "2s"}
+ONE_SHOT = {"condition": "on-failure", "delay": "5s", "max_attempts": 20}
+# What each service gets on Swarm: memory and CPU limits, tmpfs mounts (MiB; nginx's are
+# volumes), restart policy and endpoint mode, as the former Swarm overlays wrote them by hand
+# (they also gave migrate 256 MiB and 1 CPU and monitor-role 64 MiB, which the compose file
+# does not).
+EXPECTED = {
+    "app": ((256 * MIB, 1.0), [("/tmp", 64)], ANY, "dnsrr"),
+    "migrate": ((None, None), [("/tmp", 64)], ONE_SHOT, "dnsrr"),
+    "nginx": ((128 * MIB, None), [], ANY, None),
+    "postgres": (
+        (512 * MIB, None),
+        [("/tmp", 16), ("/var/run/postgresql", 1), ("/dev/shm", 128)],
+        ANY,
+        "dnsrr",
+    ),
+    "prometheus": ((512 * MIB, None), [], ANY, "dnsrr"),
+    "nginx-exporter": ((64 * MIB, None), [], ANY, "dnsrr"),
+    "monitor-role": ((None, None), [], ONE_SHOT, "dnsrr"),
+    "postgres-exporter": ((64 * MIB, None), [], ANY, "dnsrr"),
+}
+BUNDLED_ONLY = {"postgres", "monitor-role", "postgres-exporter"}
+MONITORING_ONLY = {"prometheus", "nginx-exporter", "monitor-role", "postgres-exporter"}
+SETUPS = [
+    pytest.param(monitoring, url, id=f"MONITORING={monitoring},DATABASE_URL={'set' if url else ''}")
+    for monitoring in ("0", "1")
+    for url in ("", "postgresql+psycopg2://u:p@db.example.com/app")
+]
+
+
+def translated(doc: dict[str, Any]) -> dict[str, tuple]:
+    """EXPECTED's view of every service of a rendered stack file."""
+    view = {}
+    for name, svc in doc["services"].items():
+        limits = svc["deploy"].get("resources", {}).get("limits", {})
+        memory = swarm_render.size_bytes(limits["memory"]) if "memory" in limits else None
+        cpus = float(limits["cpus"]) if "cpus" in limits else None
+        mounts = [(path, size // MIB) for path, size in tmpfs_mounts(svc)]
+        deploy = svc["deploy"]
+        view[name] = ((memory, cpus), mounts, deploy["restart_policy"], deploy.get("endpoint_mode"))
+    return view
+
+
+def setup_settings(monitoring: str, database_url: str) -> str:
+    """An env file's settings for one setup; the baseline and backups on, which Swarm skips."""
+    return f"MONITORING={monitoring}\nDATABASE_URL={database_url}\nBASELINE=1\nBACKUP_SCHEDULE=1\n"
+
+
+@pytest.mark.parametrize(("monitoring", "database_url"), SETUPS)
+def test_swarm_render_translates_every_service_of_each_setup(
+    tmp_path: Path, monitoring: str, database_url: str
+) -> None:
+    doc = swarm_sh_render(tmp_path, setup_settings(monitoring, database_url))
+    wanted = set(EXPECTED)
+    if monitoring == "0":
+        wanted -= MONITORING_ONLY
+    if database_url:
+        wanted -= BUNDLED_ONLY
+    assert translated(doc) == {name: EXPECTED[name] for name in wanted}
+    assert doc["volumes"]["nginx-etc-nginx-conf-d"]["driver_opts"]["o"] == (
+        "size=1m,uid=101,gid=101"
+    )
+    assert "driver_opts" not in (doc["volumes"]["uploads"] or {})
+
+
+COMPOSE_V2_BINARY = ROOT / "build" / "bin" / "docker-compose"
+
+
+@pytest.mark.skipif(not COMPOSE_V2_BINARY.exists(), reason="no compose v2 in build/bin")
+@pytest.mark.parametrize(("monitoring", "database_url"), SETUPS)
+def test_swarm_render_is_the_same_with_compose_v2(
+    tmp_path: Path, monitoring: str, database_url: str
+) -> None:
+    """v2's `config` leaves inactive profiles out and prints long forms; the stack is the same."""
+    settings = setup_settings(monitoring, database_url)
+    v1 = swarm_sh_render(tmp_path / "v1", settings)
+    path = f"{COMPOSE_V2_BINARY.parent}{os.pathsep}{os.environ['PATH']}"
+    v2 = swarm_sh_render(tmp_path / "v2", settings, PATH=path)
+    assert translated(v2) == translated(v1)
+    for name, svc in v1["services"].items():
+        assert v2["services"][name].get("ports") == svc.get("ports"), name
+
+
+def test_swarm_render_passes_the_uploads_settings(tmp_path: Path) -> None:
+    """The test cluster's settings (cluster.sh's state file), as any bind or NFS user's."""
+    settings = "SWARM_UPLOADS_TYPE=none\nSWARM_UPLOADS_OPTIONS=bind\n"
+    doc = swarm_sh_render(tmp_path, settings, SWARM_UPLOADS_DEVICE="/srv/flaskstack/uploads")
+    assert doc["volumes"]["uploads"]["driver_opts"] == {
+        "type": "none",
+        "device": "/srv/flaskstack/uploads",
+        "o": "bind",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
