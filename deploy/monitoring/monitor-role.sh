@@ -1,5 +1,5 @@
 #!/bin/sh
-# The one-shot `monitor-role` (docker-compose.monitoring.postgres.yml): create or update the
+# The one-shot `monitor-role` (the monitoring profile, with the bundled Postgres): create or update the
 # Postgres exporter's role with monitor-role.sql. Passwords come from the environment, or on
 # Swarm from the files named by <KEY>_FILE (Swarm secrets).
 set -eu

@@ -6,7 +6,7 @@
 #                               revision); directories 700, files 600
 #   backup.sh restore DIR       `make restore BACKUP=DIR [FORCE=1]`: verify everything, then
 #                               restore into the running stack
-#   backup.sh schedule          the loop of the scheduled service (docker-compose.backup.yml),
+#   backup.sh schedule          the loop of the scheduled service (the `backup` profile, BACKUP_SCHEDULE=1),
 #                               inside a container of the Postgres image
 #
 # Both host commands work through `docker exec` in the stack's own containers: pg_dump and

@@ -1,12 +1,12 @@
 """Development only: run a command, and run it again whenever a Python file of the source changes.
 
-docker-compose.dev.yml starts each replica's host through it (and the one-shot migration with
+deploy/compose/dev.yml starts each replica's host through it (and the one-shot migration with
 --no-watch: checked, not watched). The check is the point: with APP_ENV=production (the image's
 default) it refuses to start anything, so the override cannot ship to production by accident.
 
     devreload.py [--no-watch] COMMAND...
 
-The source is DEV_SOURCE_DIR (/src unless set; docker-compose.dev.yml mounts it at /srv/app).
+The source is DEV_SOURCE_DIR (/src unless set; deploy/compose/dev.yml mounts it at /srv/app).
 Every 0.5 s it compares the modified times of the .py files there (hidden directories,
 __pycache__, build and virtualenvs left out; a few hundred files cost nothing measurable). On
 a change it sends the command SIGTERM, so the host drains as on any stop, and starts it again.
@@ -65,7 +65,7 @@ def stop(child: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
 def main(argv: list[str]) -> int:
     if os.environ.get("APP_ENV", "production") == "production":
         log(
-            "refused: docker-compose.dev.yml mounts the source and restarts on changes, for "
+            "refused: deploy/compose/dev.yml mounts the source and restarts on changes, for "
             "development only, and APP_ENV is production. Set APP_ENV=development (make "
             "dev-stack does) or leave the override out."
         )

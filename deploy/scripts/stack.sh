@@ -354,10 +354,11 @@ rollout() {  # replace app replicas one at a time: start the new one, wait healt
     echo "  shared the new image's static files with nginx"
 }
 
-cmd=${1:?usage: stack.sh compose|env|get|get-exact|up|wait|baseline|diagnose|urls|migrate|rollout ...}
+cmd=${1:?usage: stack.sh compose|services|env|get|get-exact|up|wait|baseline|diagnose|urls|migrate|rollout ...}
 shift
 case $cmd in
     compose) compose "$@" ;;
+    services) active_services ;;
     up) up_stack "$@" ;;
     baseline) baseline "$@" ;;
     env) make_env ;;

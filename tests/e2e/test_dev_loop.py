@@ -1,4 +1,4 @@
-"""The development override (docker-compose.dev.yml): the whole stack on a checkout, each
+"""The development override (deploy/compose/dev.yml): the whole stack on a checkout, each
 replica's host restarted when a Python file changes; refused in production mode.
 
 The checkout here is a temporary copy of the app and the host (DEV_SOURCE), so the test can

@@ -1,7 +1,8 @@
 """Your own database: with DATABASE_URL set, the bundled Postgres is left out and the stack
 migrates and serves the external one. The "managed service" here is a Postgres container started
 outside the compose project, on a Docker network of its own that an override file
-(COMPOSE_EXTRA_FILES) joins the app, migrate and devserver services to."""
+(COMPOSE_EXTRA_FILES) joins the app, migrate and devserver services to. With monitoring on, the
+Postgres exporter is left out with the bundled Postgres."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def external_stack(tmp_path_factory):
         "STACK_PORT": str(stack_port),
         "DEVSERVER_PORT": str(free_port()),
         "TLS_ENABLED": "0",
-        "MONITORING": "0",  # the test stack's Prometheus holds its port
+        "MONITORING": "1",
+        "PROMETHEUS_PORT": str(free_port()),
         "COMPOSE_EXTRA_FILES": str(override),
     }
     lines = [line for line in base if line.split("=", 1)[0] not in overrides]
@@ -59,7 +61,7 @@ def external_stack(tmp_path_factory):
         timeout=None,
     )  # fmt: skip
     try:
-        services = stack("compose", "config", "--services", env=env, timeout=None).stdout.split()
+        services = stack("services", env=env, timeout=None).stdout.split()
         stack("compose", "up", "-d", "--scale", "app=1", env=env, timeout=None)
         stack("wait", "180", env=env, timeout=None)
         yield {
@@ -76,6 +78,8 @@ def external_stack(tmp_path_factory):
 
 def test_bundled_postgres_is_left_out(external_stack):
     assert "postgres" not in external_stack["services"]
+    assert "postgres-exporter" not in external_stack["services"]
+    assert "prometheus" in external_stack["services"]
     names = [
         run("docker", "inspect", "-f", "{{.Name}}", c, timeout=None).stdout.strip()
         for c in external_stack["containers"]

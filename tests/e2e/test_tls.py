@@ -1,4 +1,4 @@
-"""HTTPS on nginx (docker-compose.tls.yml): HTTP/2, wss://, HSTS and the redirect from HTTP."""
+"""HTTPS on nginx (deploy/compose/tls.yml): HTTP/2, wss://, HSTS and the redirect from HTTP."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "tornado"))
 from flaskstack.settings import Settings  # noqa: E402
 
-COMPOSE_FILES = sorted(ROOT.glob("docker-compose*.yml"))
+COMPOSE_FILES = sorted(ROOT.glob("docker-compose*.yml")) + sorted(ROOT.glob("deploy/compose/*.yml"))
 NGINX_CONF = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
 NGINX_SERVER = (ROOT / "deploy" / "nginx" / "snippets" / "app-server.conf").read_text()
 # What the sizing rule keeps free beyond the app's connections: migrate, psql, and Postgres's
@@ -30,6 +30,8 @@ RESERVED_CONNECTIONS = 20
 LARGEST_SCALE = 5  # `make scale N=5`, the largest scale the defaults are sized for
 # Knobs documented as empty because they default to another knob's value.
 DERIVED = {"SWARM_PORT": "STACK_PORT", "DEV_SOURCE": "APP_SOURCE", "DB_POOL_SIZE": "APP_THREADS"}
+# Knobs documented as empty because `make env` fills in the value of the user who runs it.
+FILLED_BY_MAKE_ENV = {"BACKUP_UID", "BACKUP_GID"}
 
 
 def env_example() -> dict[str, str]:
@@ -64,6 +66,8 @@ def test_compose_defaults_match_env_example(file: str, name: str, default: str) 
         # Not a documented knob (SWARM_PORT and the like): every file must still agree.
         defaults = {d for _f, n, d in compose_defaults() if n == name}
         assert defaults == {default}, f"{name} has different defaults: {defaults}"
+        return
+    if name in FILLED_BY_MAKE_ENV and not ENV[name]:
         return
     documented = ENV[name] or ENV.get(DERIVED.get(name, ""), "")
     if not ENV[name] and name in DERIVED and default == "":
@@ -196,13 +200,25 @@ def test_event_channel_has_one_home(monkeypatch: pytest.MonkeyPatch) -> None:
             assert '"app_events"' not in path.read_text(), f"{path} spells the channel out"
 
 
-def test_the_builtin_server_baseline_is_opt_in() -> None:
-    """Only the devserver is in a profile (`baseline`), and .env.example leaves it off."""
+def test_optional_services_are_profiles_left_off_by_default() -> None:
+    """The devserver, monitoring and backups are profiles that .env.example leaves off, each
+    switched on by one setting in stack.sh; every other service starts with plain compose."""
     import yaml
 
     doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     profiled = {name: s.get("profiles") for name, s in doc["services"].items() if "profiles" in s}
-    assert profiled == {"devserver": ["baseline"]}
-    assert ENV["BASELINE"] == "0"
+    assert profiled == {
+        "devserver": ["baseline"],
+        "prometheus": ["monitoring"],
+        "nginx-exporter": ["monitoring"],
+        "monitor-role": ["monitoring"],
+        "postgres-exporter": ["monitoring"],
+        "backup": ["backup"],
+    }
+    switches = {"BASELINE": "baseline", "MONITORING": "monitoring", "BACKUP_SCHEDULE": "backup"}
     stack_sh = (ROOT / "deploy" / "scripts" / "stack.sh").read_text()
-    assert "profiles=baseline" in stack_sh, "stack.sh no longer turns the profile on"
+    for setting, profile in switches.items():
+        assert ENV[setting] == "0", f"{setting} is on in .env.example"
+        assert re.search(rf"{setting}.*profiles\+=\({profile}\)", stack_sh) or (
+            setting == "BASELINE" and "baseline_on && profiles+=(baseline)" in stack_sh
+        ), f"stack.sh no longer turns on the {profile} profile with {setting}=1"
