@@ -1,4 +1,5 @@
-"""HTTPS on nginx (deploy/compose/tls.yml): HTTP/2, wss://, HSTS and the redirect from HTTP."""
+"""HTTPS on nginx (deploy/compose/tls.yml): HTTP/2, wss://, HSTS as HSTS_MAX_AGE says (none by
+default, with the local CA) and the redirect from HTTP."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from tornado.websocket import websocket_connect
 
 from tests.support import ROOT, compose, run, wait_healthy
 
+HSTS_MAX_AGE = 31536000  # not the default (0), so the header shows the setting reached nginx
+
 
 @pytest.fixture(scope="module")
 def tls(stack_url):
@@ -29,12 +32,14 @@ def tls(stack_url):
         "8443",
     )  # fmt: skip
     os.environ["TLS_ENABLED"] = "1"
+    os.environ["HSTS_MAX_AGE"] = str(HSTS_MAX_AGE)
     try:
         compose("up", "-d", "--no-deps", "nginx")
         wait_healthy(60)
         yield f"https://127.0.0.1:{tls_port}", str(ROOT / "certs" / "ca.crt")
     finally:
         os.environ.pop("TLS_ENABLED")
+        os.environ.pop("HSTS_MAX_AGE", None)
         compose("up", "-d", "--no-deps", "nginx")
         wait_healthy(60)
 
@@ -75,7 +80,7 @@ def test_https_serves_the_api_with_hsts(tls):
     url, ca = tls
     r = requests.get(f"{url}/api/posts", verify=ca, timeout=10)
     assert r.status_code == 200
-    assert r.headers["Strict-Transport-Security"] == "max-age=63072000"
+    assert r.headers["Strict-Transport-Security"] == f"max-age={HSTS_MAX_AGE}"
     assert "X-Served-By" in r.headers
 
 
@@ -105,3 +110,17 @@ def test_websocket_over_wss(tls):
     hello, pong = asyncio.run(scenario())
     assert hello["type"] == "hello"
     assert pong == "pong"
+
+
+def test_no_hsts_by_default(tls):
+    """Without HSTS_MAX_AGE (the local CA's case) HTTPS answers carry no HSTS header."""
+    url, ca = tls
+    os.environ.pop("HSTS_MAX_AGE")
+    try:
+        compose("up", "-d", "--no-deps", "nginx")
+        wait_healthy(60)
+        r = requests.get(f"{url}/api/posts", verify=ca, timeout=10)
+    finally:
+        os.environ["HSTS_MAX_AGE"] = str(HSTS_MAX_AGE)
+    assert r.status_code == 200
+    assert "Strict-Transport-Security" not in r.headers
