@@ -162,6 +162,11 @@ restore() {
     stage="" old="" blocked=0 staged=0 swapped=0
     [[ -n $dir ]] || die "usage: make restore BACKUP=backups/<time> [FORCE=1]"
     [[ -d $dir ]] || refuse "$dir is not a directory"
+    # One restore per stack at a time: a second one would switch databases under the first.
+    # The lock is held until this process exits, however it ends.
+    mkdir -p build
+    exec 9>"build/restore-$PROJECT.lock"
+    flock -n 9 || refuse "another restore of stack $PROJECT is running; wait for it to end"
     require_stack
     revision=$(live_revision)
     # Every check before anything is touched: the manifest, each file's size and sha256, no

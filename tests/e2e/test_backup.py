@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import compose, figure, run, stack, wait_healthy
+from tests.support import ROOT, compose, figure, run, stack, wait_healthy
 
 REPLICAS = 3
 SEED_USERS = 4
@@ -517,3 +517,33 @@ def test_restore_refuses_a_damaged_backup_and_changes_nothing(
     r = requests.get(f"{stack_url}/api/posts/{sentinel['id']}", timeout=TIMEOUT)
     assert r.json() == sentinel
     assert requests.get(f"{stack_url}/readyz", timeout=TIMEOUT).status_code == 200
+
+
+def test_a_second_restore_while_one_runs_is_refused(drill, stack_url, sentinel, tmp_path):
+    """Two `make restore` at once: the second refuses at once and changes nothing; the first
+    (a dump that fails halfway, so it rolls back) runs to its own end."""
+    copy = tmp_path / "backup"
+    shutil.copytree(drill.backup, copy)
+    expected = damage_dump_with_matching_manifest(copy)
+    first = subprocess.Popen(
+        ["make", "--no-print-directory", "restore", f"BACKUP={copy}", "FORCE=1"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stdout is not None
+        for line in first.stdout:  # until the first holds the lock and has closed the database
+            if "verified and staged" in line:
+                break
+        else:
+            raise AssertionError(f"the first restore ended early: {first.stderr.read()}")
+        second, _ = make("restore", f"BACKUP={drill.backup}", FORCE="1")
+    finally:
+        _out, err = first.communicate(timeout=300)
+    assert second.returncode != 0
+    assert "another restore" in second.stderr and "nothing was changed" in second.stderr
+    assert first.returncode != 0 and expected in err, err
+    r = requests.get(f"{stack_url}/api/posts/{sentinel['id']}", timeout=TIMEOUT)
+    assert r.json() == sentinel
