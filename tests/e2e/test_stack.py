@@ -13,7 +13,7 @@ import requests
 from tornado.websocket import websocket_connect
 
 from tests.faults import faultkit as fk
-from tests.support import compose, wait_for
+from tests.support import compose, run, wait_for
 
 
 def container_ids(service: str) -> list[str]:
@@ -206,3 +206,15 @@ def test_login_flood_gets_429_json(stack_url):
         30,
         "the login limiter to let logins through",
     )
+
+
+def test_every_container_log_is_rotated():
+    """Docker keeps each container's output rotated (LOG_MAX_SIZE x LOG_MAX_FILES), never all."""
+    ids = compose("ps", "-q").stdout.split()
+    assert ids
+    for cid in ids:
+        config = json.loads(
+            run("docker", "inspect", "-f", "{{json .HostConfig.LogConfig}}", cid).stdout
+        )
+        assert config["Type"] == "json-file", (cid, config)
+        assert config["Config"].get("max-size") and config["Config"].get("max-file"), (cid, config)

@@ -98,3 +98,20 @@ def test_the_command_replaces_the_process_once_the_database_answers(monkeypatch)
     monkeypatch.setattr(migrate.os, "execvp", lambda file, args: ran.append(args))
     migrate.main({"MIGRATE_COMMAND": "flask db upgrade"})
     assert ran == [["sh", "-c", "flask db upgrade"]]
+
+
+def test_wait_stops_at_once_when_the_server_refuses_the_credentials():
+    clock, said, attempts = Clock(), [], []
+
+    def refuse(url: str) -> Conn:
+        attempts.append(url)
+        raise OSError('FATAL:  password authentication failed for user "app"')
+
+    assert not migrate.wait(
+        "postgresql://app:p@db/app", 60, refuse, clock, clock.sleep, said.append
+    )
+    assert len(attempts) == 1
+    assert said == [
+        "migrate: the database at db:5432 refused the connection: "
+        'FATAL:  password authentication failed for user "app"'
+    ]

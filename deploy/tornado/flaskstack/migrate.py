@@ -23,6 +23,8 @@ from .settings import env_int
 
 # How often a failed attempt is reported while waiting.
 REPORT_EVERY_S = 5.0
+# Refusals that waiting cannot change: the server answered, and said no.
+PERMANENT = ("password authentication failed", "does not exist", "no pg_hba.conf entry")
 
 
 def database_url(environ: Mapping[str, str]) -> str:
@@ -67,6 +69,9 @@ def wait(
             last = (
                 str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             )
+            if any(reason in last for reason in PERMANENT):
+                say(f"migrate: the database at {where(url)} refused the connection: {last}")
+                return False
             if now - start >= timeout_s:
                 say(f"migrate: no connection to {where(url)} after {timeout_s:.0f} s: {last}")
                 return False
