@@ -15,7 +15,7 @@ compose_files() {  # the compose files the settings ask for, ':'-separated as CO
     [[ $(env_value REFERENCE 0) == 1 ]] && files+=:$COMPOSE_DIR/reference.yml
     [[ $(env_value DEV 0) == 1 ]] && files+=:$COMPOSE_DIR/dev.yml
     # Swarm's own keys, for swarm.sh's rendering only (never written to the env file).
-    [[ ${SWARM:-0} == 1 ]] && files+=:$COMPOSE_DIR/swarm.yml
+    [[ ${SWARM:-0} == 1 && ${FILE_ONLY:-0} != 1 ]] && files+=:$COMPOSE_DIR/swarm.yml
     # Your own overrides: compose's conventional file, then COMPOSE_EXTRA_FILES (space-separated).
     [[ -f docker-compose.override.yml ]] && files+=:docker-compose.override.yml
     for extra in $(env_value COMPOSE_EXTRA_FILES); do files+=:$extra; done
@@ -80,7 +80,8 @@ compose() {  # compose ARGS: compose on this project with the files and profiles
              # (shell, then env file) ask for; COMPOSE_FILE/COMPOSE_PROFILES are read by both
              # compose versions (1.29 has no --profile on every subcommand)
     ensure_app_env
-    sync_compose_env
+    # Swarm's rendering runs under the Swarm stack's name: the env file keeps the compose stack's.
+    [[ ${SWARM:-0} == 1 ]] || sync_compose_env
     # shellcheck disable=SC2046  # the command is words
     COMPOSE_FILE=$(compose_files) COMPOSE_PROFILES=$(compose_profiles) COMPOSE_PATH_SEPARATOR=: \
         $(compose_cmd) -p "$PROJECT" --env-file "$ENV_FILE" "$@"
@@ -354,11 +355,12 @@ rollout() {  # replace app replicas one at a time: start the new one, wait healt
     echo "  shared the new image's static files with nginx"
 }
 
-cmd=${1:?usage: stack.sh compose|services|env|get|get-exact|up|wait|baseline|diagnose|urls|migrate|rollout ...}
+cmd=${1:?usage: stack.sh compose|services|profiles|env|get|get-exact|up|wait|baseline|diagnose|urls|migrate|rollout ...}
 shift
 case $cmd in
     compose) compose "$@" ;;
     services) active_services ;;
+    profiles) compose_profiles ;;
     up) up_stack "$@" ;;
     baseline) baseline "$@" ;;
     env) make_env ;;

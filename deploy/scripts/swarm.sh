@@ -100,10 +100,9 @@ python_with_yaml() {  # an interpreter that has PyYAML (docker-compose 1.x bring
     die "rendering needs Python with PyYAML (apt-get install python3-yaml, or make venv)"
 }
 
-# The profiles `make` switches on (MONITORING, BACKUP_SCHEDULE, BASELINE): stack.sh's own rule,
-# read by sourcing it, as it has no command that prints them.
+# The profiles `make` switches on (MONITORING, BACKUP_SCHEDULE, BASELINE): stack.sh's own rule.
 compose_profiles() {
-    bash -c '. "$0" get PROJECT >/dev/null && compose_profiles' "$STACK_SH"
+    "$STACK_SH" profiles
 }
 
 render() {  # the deployable stack file on stdout; swarm_render.py's docstring lists what it

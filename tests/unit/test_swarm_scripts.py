@@ -732,12 +732,10 @@ MIB = 2**20
 ANY = {"condition": "any", "delay": "2s"}
 ONE_SHOT = {"condition": "on-failure", "delay": "5s", "max_attempts": 20}
 # What each service gets on Swarm: memory and CPU limits, tmpfs mounts (MiB; nginx's are
-# volumes), restart policy and endpoint mode, as the former Swarm overlays wrote them by hand
-# (they also gave migrate 256 MiB and 1 CPU and monitor-role 64 MiB, which the compose file
-# does not).
+# volumes), restart policy and endpoint mode, as the former Swarm overlays wrote them by hand.
 EXPECTED = {
     "app": ((256 * MIB, 1.0), [("/tmp", 64)], ANY, "dnsrr"),
-    "migrate": ((None, None), [("/tmp", 64)], ONE_SHOT, "dnsrr"),
+    "migrate": ((256 * MIB, 1.0), [("/tmp", 64)], ONE_SHOT, "dnsrr"),
     "nginx": ((128 * MIB, None), [], ANY, None),
     "postgres": (
         (512 * MIB, None),
@@ -747,7 +745,7 @@ EXPECTED = {
     ),
     "prometheus": ((512 * MIB, None), [], ANY, "dnsrr"),
     "nginx-exporter": ((64 * MIB, None), [], ANY, "dnsrr"),
-    "monitor-role": ((None, None), [], ONE_SHOT, "dnsrr"),
+    "monitor-role": ((64 * MIB, None), [], ONE_SHOT, "dnsrr"),
     "postgres-exporter": ((64 * MIB, None), [], ANY, "dnsrr"),
 }
 BUNDLED_ONLY = {"postgres", "monitor-role", "postgres-exporter"}
