@@ -70,6 +70,7 @@ def test_one_off_shell_settings_and_swarm_leave_the_env_file_alone(env_file):
     assert stack_sh(env_file, "profiles", MONITORING="1", BASELINE="1").strip() == (
         "monitoring,baseline"
     )
-    stack_sh(env_file, "compose", "version", MONITORING="1", SWARM="1")
-    stack_sh(env_file, "compose", "version", BASELINE="1")
+    stack_sh(env_file, "compose", "version", MONITORING="1", BASELINE="1")
+    assert env_file.read_text() == before
+    stack_sh(env_file, "compose", "version", SWARM="1")
     assert env_file.read_text() == before
