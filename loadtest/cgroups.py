@@ -99,6 +99,9 @@ class Cgroup:
     memory: Path | None  # the directory holding the memory files
     cpu: Path | None  # v1 cpuacct.usage (ns), v2 cpu.stat (usage_usec)
     v2: bool
+    # cpu.stat of the CPU controller: the quota's periods and how many of them throttled
+    # (v1 `cpu/docker/<id>/cpu.stat`, v2 the same file as `cpu`).
+    throttle: Path | None = None
 
     @classmethod
     def find(cls, cid: str, root: Path = CGROUP_ROOT) -> Cgroup | None:
@@ -115,11 +118,20 @@ class Cgroup:
             (d for d in _scopes(root / "memory", cid) if (d / "memory.usage_in_bytes").is_file()),
             None,
         )
+        throttle = next(
+            (
+                d / "cpu.stat"
+                for controller in ("cpu", "cpu,cpuacct")
+                for d in _scopes(root / controller, cid)
+                if (d / "cpu.stat").is_file()
+            ),
+            None,
+        )
         if cpu or memory:
-            return cls(memory, cpu, v2=False)
+            return cls(memory, cpu, v2=False, throttle=throttle)
         for d in _scopes(root, cid):
             if (d / "cpu.stat").is_file():
-                return cls(d, d / "cpu.stat", v2=True)
+                return cls(d, d / "cpu.stat", v2=True, throttle=d / "cpu.stat")
         return None
 
     def memory_bytes(self) -> float | None:
@@ -154,6 +166,38 @@ class Cgroup:
             return None
         return None if usec is None else usec / 1e6
 
+    def throttling(self) -> Throttling | None:
+        """The CPU quota's counters so far: periods, throttled periods, seconds held back."""
+        if self.throttle is None:
+            return None
+        try:
+            text = self.throttle.read_text()
+        except OSError:
+            return None
+        periods, throttled = _stat(text, "nr_periods"), _stat(text, "nr_throttled")
+        # v1 counts the time held back in ns (throttled_time), v2 in µs (throttled_usec).
+        ns, usec = _stat(text, "throttled_time"), _stat(text, "throttled_usec")
+        held = ns / 1e9 if ns is not None else (usec / 1e6 if usec is not None else None)
+        if periods is None or throttled is None or held is None:
+            return None
+        return Throttling(periods, throttled, held)
+
+
+@dataclass(frozen=True)
+class Throttling:
+    """A container's CPU quota counters (cpu.stat); subtract two readings for a window's."""
+
+    periods: int  # quota periods (100 ms each by default) in which the container ran
+    throttled: int  # periods in which it used its quota up and had to wait
+    seconds: float  # time it spent waiting for the next period
+
+    def __sub__(self, other: Throttling) -> Throttling:
+        return Throttling(
+            self.periods - other.periods,
+            self.throttled - other.throttled,
+            self.seconds - other.seconds,
+        )
+
 
 class Cgroups:
     """The cgroups of a set of containers, found once (`docker inspect`) when a run is set up."""
@@ -174,6 +218,12 @@ class Cgroups:
     def cpu_seconds(self) -> dict[str, float]:
         """Each container's CPU time so far: subtract two readings for a run's exact CPU."""
         read = {name: group.cpu_seconds() for name, group in self.groups.items()}
+        return {name: v for name, v in read.items() if v is not None}
+
+    def throttling(self) -> dict[str, Throttling]:
+        """Each container's CPU quota counters so far (none for a container without a quota
+        file)."""
+        read = {name: group.throttling() for name, group in self.groups.items()}
         return {name: v for name, v in read.items() if v is not None}
 
     def memory(self) -> dict[str, float]:

@@ -66,7 +66,10 @@ class TargetLine:
 @dataclass(frozen=True)
 class Realtime:
     figures: dict[str, Any]  # loadtest/realtime.py's summary, as results.json holds it
-    delivery: Table  # per client kind: delivered ÷ expected, fan-out p50 and p99
+    delivery: Table  # per client kind: delivered ÷ expected, per second, fan-out p50/p95/p99
+    cpu: Table | None  # per component: CPU over the event window, per delivered message
+    throttling: Table | None  # per replica: the CPU quota's periods and throttled ones
+    largest: str  # the component with the most CPU per delivered message, and that figure
     memory: Table  # per replica: connections held, memory before and after, per connection
     json_change: str  # json requests/s with the clients idle, against without them
 
@@ -187,12 +190,65 @@ def _realtime(r: dict[str, Any] | None) -> Realtime | None:
             [
                 kind,
                 f"{k['delivered']:,} ÷ {k['expected']:,} ({share:.2%})",
+                num(k.get("per_s")),
                 fmt_ms(k["p50_ms"]),
+                fmt_ms(k.get("p95_ms")),
                 fmt_ms(k["p99_ms"]),
             ]
         )
-    rows.append(["Flask's built-in server", "no websocket: not measured", DASH, DASH])
-    delivery = Table(["clients", "delivered ÷ expected", "fan-out p50 ms", "fan-out p99 ms"], rows)
+    rows.append(["Flask's built-in server", "no websocket: not measured", DASH, DASH, DASH, DASH])
+    delivery = Table(
+        [
+            "clients",
+            "delivered ÷ expected",
+            "deliveries/s",
+            "fan-out p50 ms",
+            "p95 ms",
+            "p99 ms",
+        ],
+        rows,
+    )
+    window = r.get("window") or {}
+    cpu_s, per_message = window.get("cpu_s", {}), r.get("us_per_message", {})
+    span_s = window.get("window_s") or 0
+    cpu = (
+        Table(
+            ["component", "CPU s", "cores", "µs per delivered message"],
+            [
+                [
+                    name,
+                    f"{seconds:,.2f}",
+                    f"{seconds / span_s:.2f}" if span_s else DASH,
+                    num(per_message.get(name), 1),
+                ]
+                for name, seconds in cpu_s.items()
+            ]
+            + [
+                [
+                    "server (replicas, nginx, Postgres)",
+                    f"{sum(cpu_s.get(k, 0.0) for k in ('replicas', 'nginx', 'postgres')):,.2f}",
+                    DASH,
+                    num(r.get("server_us_per_message"), 1),
+                ]
+            ],
+        )
+        if cpu_s
+        else None
+    )
+    throttle = window.get("throttling", {})
+    throttling = (
+        Table(
+            ["replica", "quota periods", "throttled", "throttled s"],
+            [
+                [host, f"{t['periods']:,}", f"{t['throttled']:,}", f"{t['throttled_s']:g}"]
+                for host, t in sorted(throttle.items())
+            ],
+        )
+        if throttle
+        else None
+    )
+    top = r.get("largest")
+    largest = f"{top}, {num(per_message.get(top), 1)} µs per delivered message" if top else ""
     memory = Table(
         ["replica", "connections", "memory before MiB", "with clients MiB", "KiB per connection"],
         [
@@ -213,4 +269,4 @@ def _realtime(r: dict[str, Any] | None) -> Realtime | None:
         if before and after
         else "not measured"
     )
-    return Realtime(r, delivery, memory, change)
+    return Realtime(r, delivery, cpu, throttling, largest, memory, change)

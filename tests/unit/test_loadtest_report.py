@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from loadtest import report, stats
-from loadtest.cgroups import Cgroups, ContainerSampler
+from loadtest.cgroups import Cgroups, ContainerSampler, Throttling
 from loadtest.config import parse_config
 from loadtest.report import summary, tables
 from loadtest.report.format import DASH, TIMES
@@ -195,6 +195,25 @@ def test_cgroup_v1_memory_and_cpu_as_docker_stats_counts_them(tmp_path: Path):
     assert cgroups.services == {"p_app_1": "app", "p_gone_1": "gone"}
     assert cgroups.memory() == {"p_app_1": 96 * 2**20}
     assert cgroups.cpu_seconds() == {"p_app_1": 2.5}
+
+
+def test_cgroup_cpu_quota_throttling_v1_and_v2(tmp_path: Path):
+    """The CPU controller's cpu.stat: v1 in cpu/docker/<id> (time in ns), v2 beside the rest
+    (time in µs); readings subtract to a window's."""
+    v1, v2 = "e" * 64, "f" * 64
+    write_files(tmp_path / "cpuacct" / "docker" / v1, {"cpuacct.usage": "1\n"})
+    write_files(
+        tmp_path / "cpu" / "docker" / v1,
+        {"cpu.stat": "nr_periods 10\nnr_throttled 4\nthrottled_time 2000000000\n"},
+    )
+    write_files(
+        tmp_path / "docker" / v2,
+        {"cpu.stat": "usage_usec 1\nnr_periods 7\nnr_throttled 1\nthrottled_usec 500000\n"},
+    )
+    cgroups = Cgroups({"a": (v1, "app"), "b": (v2, "app")}, root=tmp_path)
+    got = cgroups.throttling()
+    assert got == {"a": Throttling(10, 4, 2.0), "b": Throttling(7, 1, 0.5)}
+    assert got["a"] - Throttling(4, 1, 0.5) == Throttling(6, 3, 1.5)
 
 
 def test_cgroup_v2_memory_and_cpu_under_either_driver(tmp_path: Path):
@@ -457,6 +476,15 @@ def test_realtime_figures_and_their_report_section(tmp_path: Path):
         receipts,
         memory,
         {"without": [100.0, 120.0], "with": [99.0]},
+        source="notify",
+        seconds=2.0,
+        window={
+            "window_s": 5.0,
+            "machine_busy": 0.5,
+            "cpu_s": {"replicas": 0.004, "nginx": 0.002, "clients": 0.008, "other work": 0.1},
+            "throttling": {"r1": {"periods": 50, "throttled": 3, "throttled_s": 0.12}},
+        },
+        lags=[1.0, 2.0, 30.0],
     )
     assert (figures["expected"], figures["delivered"]) == (4, 4)
     assert figures["by_kind"]["ws"]["p99_ms"] == 20.0
@@ -466,6 +494,17 @@ def test_realtime_figures_and_their_report_section(tmp_path: Path):
     results["realtime"] = figures
     text = "\n".join(report_lines(tmp_path, results))
     assert "## Realtime" in text
-    assert "| ws | 2 ÷ 2 (100.00%) | 10 | 20 |" in text
+    assert "| ws | 2 ÷ 2 (100.00%) | 1 | 10 | 20 | 20 |" in text
+    # CPU per delivered message: 4 ms of replica CPU over 4 deliveries; other work is the rest
+    # of the machine, never the largest component.
+    assert figures["us_per_message"]["replicas"] == 1000.0
+    assert figures["server_us_per_message"] == 1500.0
+    assert figures["largest"] == "clients"
+    assert figures["client_lag_ms"] == {"p50": 2.0, "p99": 30.0, "max": 30.0}
+    assert "| replicas | 0.00 | 0.00 | 1,000.0 |" in text
+    assert "| server (replicas, nginx, Postgres) | 0.01 | \u2013 | 1,500.0 |" in text
+    assert "Largest component per delivered message: **clients, 2,000.0 µs" in text
+    assert "| r1 | 50 | 3 | 0.12 |" in text
+    assert "`pg_notify`" in text
     assert "no websocket" in text
     assert "-10.0%" in text
