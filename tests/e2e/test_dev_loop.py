@@ -84,14 +84,14 @@ def dev_stack(tmp_path_factory, checkout):
         stack("compose", "down", "-v", "--remove-orphans", env=env, check=False, timeout=None)
 
 
-def test_the_override_is_refused_in_production_mode(tmp_path_factory, checkout):
+def test_the_overlay_is_refused_in_production_mode(tmp_path_factory, checkout):
     project = f"{os.environ['PROJECT']}-devprod"
     env = stack_env(tmp_path_factory, project, checkout, "production")
     proc = stack("up", "1", env=env, check=False, timeout=None)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "refused: the development override" in proc.stderr
+    assert "refused: the development overlay" in proc.stderr
     assert project_containers(project) == []
-    # By hand, past make: the override's own command refuses to start the host.
+    # By hand, past make: the overlay's own command refuses to start the host.
     image = os.environ.get("APP_IMAGE", "flaskstack/app:local")
     proc = run(
         "docker", "run", "--rm", "--read-only", "--cap-drop", "ALL",
