@@ -2,6 +2,14 @@
 
 Events come from Postgres (LISTEN on the app's channel, so a post created on any replica reaches
 every replica's sockets) or, without Postgres, from the app's in-process bus.
+
+A broadcast is framed once and the same bytes go to every client's stream: no task, no
+encoding and no frame per recipient (socket.io's broadcasts take the same path, sio.py). The
+frames of one IOLoop iteration are written to each client together, at its end (Outbox): when
+events come faster than they are sent, several reach a client in one write.
+What a client leaves unread is capped (MAX_CLIENT_BUFFER): past it the client is cut off, so a
+slow reader never holds memory or anyone else's events, and it reconnects like any client
+whose connection dropped.
 """
 
 from __future__ import annotations
@@ -10,36 +18,140 @@ import asyncio
 import json
 import logging
 import os
+import struct
 from collections.abc import Callable
 from typing import Any
 
 import tornado.websocket
 from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from .contract import EVENT_CHANNEL, listen_dsn
 from .wsgi import REPLICA
 
 log = logging.getLogger("host")
+# Bytes a websocket client may leave unread (a few thousand events) before it is cut off.
+MAX_CLIENT_BUFFER = 1024 * 1024
+
+
+def text_frame(message: str) -> bytes:
+    """One websocket text frame as a server sends it (RFC 6455 5.2: final, unmasked, no
+    compression); the same bytes serve every client of an uncompressed connection."""
+    data = message.encode("utf-8")
+    n = len(data)
+    if n < 126:
+        return struct.pack("!BB", 0x81, n) + data
+    if n <= 0xFFFF:
+        return struct.pack("!BBH", 0x81, 126, n) + data
+    return struct.pack("!BBQ", 0x81, 127, n) + data
+
+
+def open_stream(handler: tornado.websocket.WebSocketHandler) -> IOStream | None:
+    """The stream under an open websocket, where frames are written as they are; None when the
+    connection is closing or the handler compresses (its frames then differ per client)."""
+    conn = handler.ws_connection
+    if conn is None or conn.is_closing() or handler.get_compression_options() is not None:
+        return None
+    stream: IOStream | None = getattr(conn, "stream", None)
+    return None if stream is None or stream.closed() else stream
+
+
+def cap_buffer(handler: tornado.websocket.WebSocketHandler, limit: int) -> None:
+    """Refuse writes that would leave more than `limit` bytes unsent to this client (called
+    from open(), when the connection has its stream)."""
+    stream = open_stream(handler)
+    if stream is not None:
+        stream.max_write_buffer_size = limit
+
+
+class Outbox:
+    """Frames waiting for the end of this IOLoop iteration, by stream, in the order given.
+
+    Everything this host sends to a websocket outside the libraries goes through here, so its
+    order per client is the order of put(). A flush is a callback scheduled at the first put:
+    anything scheduled after that put (engine.io's writer woken by a later packet, say) runs
+    after the flush, so it cannot overtake a frame put before it.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[IOStream, list[bytes]] = {}
+
+    def put(self, stream: IOStream, frame: bytes) -> None:
+        frames = self.pending.get(stream)
+        if frames is not None:
+            frames.append(frame)
+            return
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.pending[stream] = [frame]
+
+    def flush(self) -> None:
+        """Write what is waiting: one write per stream."""
+        pending, self.pending = self.pending, {}
+        for stream, frames in pending.items():
+            write_frame(stream, frames[0] if len(frames) == 1 else b"".join(frames))
+
+
+OUTBOX = Outbox()
+
+
+def write_frame(stream: IOStream, frame: bytes) -> bool:
+    """Write a frame; False when the client is gone, or is cut off now for being too slow."""
+    try:
+        stream.write(frame)  # its Future may be dropped: IOStream retrieves its exception
+    except StreamBufferFullError:
+        cut_off(stream)
+        return False
+    except StreamClosedError:
+        return False
+    return True
+
+
+def cut_off(stream: IOStream) -> None:
+    """Drop a client that has more unread than its buffer holds: close its TCP connection
+    without a close frame (that would only queue behind the rest). Its handler's on_close runs
+    as for any lost connection, and the client reconnects."""
+    log.warning(
+        "realtime client too slow, disconnected",
+        extra={"unread_limit_bytes": stream.max_write_buffer_size},
+    )
+    stream.close()
+
+
+def close_gently(handler: tornado.websocket.WebSocketHandler, code: int, reason: str) -> None:
+    """Close with a close frame, or cut the connection when the client's buffer is full."""
+    try:
+        handler.close(code, reason)
+    except StreamBufferFullError:
+        cut_off_handler(handler)
+
+
+def cut_off_handler(handler: tornado.websocket.WebSocketHandler) -> None:
+    """cut_off() the stream of a websocket handler, if it still has one."""
+    stream = getattr(handler.ws_connection, "stream", None)
+    if stream is not None:
+        cut_off(stream)
 
 
 class Hub:
     """The open websockets of this process; touched only on the IOLoop thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_buffer: int = MAX_CLIENT_BUFFER) -> None:
         self.sockets: set[EventSocket] = set()
+        self.max_buffer = max_buffer
 
     def broadcast(self, message: str) -> None:
-        """Send one event to every client."""
+        """Send one event to every client: framed once, written to each stream."""
+        frame = text_frame(message)
         for ws in list(self.sockets):
-            try:
-                ws.write_message(message)
-            except tornado.websocket.WebSocketClosedError:
+            if not ws.send_frame(frame):
                 self.sockets.discard(ws)
 
     def close_all(self) -> None:
         """Close every socket with 1001 Going Away, so clients reconnect elsewhere."""
+        OUTBOX.flush()  # what was sent before goes out before the close frame
         for ws in list(self.sockets):
-            ws.close(1001, "server shutting down")
+            close_gently(ws, 1001, "server shutting down")
 
 
 class EventSocket(tornado.websocket.WebSocketHandler):
@@ -54,25 +166,43 @@ class EventSocket(tornado.websocket.WebSocketHandler):
     def check_origin(self, origin: str) -> bool:
         return origin in self.origins or super().check_origin(origin)
 
+    def get_compression_options(self) -> None:
+        # Off (Tornado's default, said here because the Hub relies on it): one frame serves
+        # every client only when no connection compresses its own.
+        return None
+
     def open(self) -> None:
         if self.state["draining"]:
             self.close(1001, "server shutting down")
             return
+        cap_buffer(self, self.hub.max_buffer)
         self.hub.sockets.add(self)
-        self.write_message(json.dumps({"type": "hello", "replica": REPLICA}))
+        self.send(json.dumps({"type": "hello", "replica": REPLICA}))
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Send a ready frame, in order with every other message to this client; False when
+        the connection is closing."""
+        stream = open_stream(self)
+        if stream is None:
+            return False
+        OUTBOX.put(stream, frame)
+        return True
+
+    def send(self, message: str) -> None:
+        self.send_frame(text_frame(message))
 
     def on_message(self, message: str | bytes) -> None:
         if message == "ping":
-            self.write_message("pong")
+            self.send("pong")
             return
         try:
             kind = json.loads(message).get("type")
         except (ValueError, AttributeError):
             kind = None
         if kind == "ping":
-            self.write_message(json.dumps({"type": "pong"}))
+            self.send(json.dumps({"type": "pong"}))
         else:
-            self.write_message(json.dumps({"type": "error", "message": "send ping"}))
+            self.send(json.dumps({"type": "error", "message": "send ping"}))
 
     def on_close(self) -> None:
         self.hub.sockets.discard(self)

@@ -7,6 +7,12 @@ python-socketio manager whose pub/sub backend is that same channel. So an emit, 
 disconnect made on one replica reaches the connections on every other one. Without Postgres the
 app's in-process bus feeds Fanout, and there is only one process to reach.
 
+An emit without a callback is encoded once and, to every session on a websocket of its own,
+given one ready frame, written with /ws's at the end of the IOLoop iteration (realtime.py); a
+session still polling or upgrading, or one whose engine.io queue is not yet flushed, gets the
+packet through that queue as python-socketio would send it. Per session, order is kept either
+way.
+
 Connections authenticate with the API's JWT (the socket.io `auth` payload) and join their user's
 room; origins are CORS_ORIGINS plus the page's own. On drain every engine.io session is cut
 without socket.io's disconnect packet, which clients take as a transport loss: they reconnect,
@@ -26,11 +32,23 @@ from typing import Any
 import engineio
 import socketio
 import tornado.web
+import tornado.websocket
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
 from socketio.async_pubsub_manager import AsyncPubSubManager
 from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream, StreamBufferFullError
 
 from .contract import current_request_id, error_envelope, new_request_id, sane_request_id
-from .realtime import Hub
+from .realtime import (
+    MAX_CLIENT_BUFFER,
+    OUTBOX,
+    Hub,
+    cap_buffer,
+    cut_off_handler,
+    open_stream,
+    text_frame,
+)
 from .wsgi import REPLICA
 
 log = logging.getLogger("host")
@@ -42,12 +60,88 @@ MAX_CLIENT_PACKET = 64 * 1024
 ROUTABLE_NAME = re.compile(r"[0-9a-f]{12}")
 
 
-class ChannelManager(AsyncPubSubManager):
+class DirectEmit(socketio.AsyncManager):
+    """python-socketio's manager, delivering an emit without a task per recipient.
+
+    The library makes a task per recipient, each queueing the packet for the session's writer
+    task, which frames it with Tornado's write_message (a task more). Here the packet is
+    encoded and framed once, and each session on a websocket of its own gets the frame through
+    the Outbox (realtime.py), written at the end of this IOLoop iteration. The rest go through
+    engine.io's queue as before.
+    An emit with a callback (a packet id per recipient) or binary data is the library's.
+    """
+
+    async def emit(  # type: ignore[override]
+        self,
+        event: str,
+        data: Any,
+        namespace: str,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        room = to or room
+        if namespace not in self.rooms:
+            return
+        args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+        encoded = None
+        if callback is None:
+            pkt = self.server.packet_class(
+                sio_packet.EVENT, namespace=namespace, data=[event, *args]
+            )
+            encoded = pkt.encode()
+        if not isinstance(encoded, str):  # a callback, or binary attachments
+            await super().emit(
+                event, data, namespace, room=room, skip_sid=skip_sid, callback=callback
+            )
+            return
+        message = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        frame = text_frame(message.encode())
+        skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        queued = []
+        for sid, eio_sid in self.get_participants(namespace, room):
+            if sid in skip:
+                continue
+            stream = self.direct_stream(eio_sid)
+            if stream is None:
+                queued.append(asyncio.create_task(self.server._send_eio_packet(eio_sid, message)))
+            else:
+                OUTBOX.put(stream, frame)
+        if queued:
+            await asyncio.wait(queued)
+
+    def direct_stream(self, eio_sid: str) -> IOStream | None:
+        """The stream of a session that may take a frame now, or None: the packet then goes
+        through its engine.io queue.
+
+        Only a session opened on a websocket (its connect request is that websocket: a
+        polling one, upgraded or not, keeps its queue), not closing, and whose queue holds
+        nothing unsent. engine.io's writer counts a packet done (task_done) only once it has
+        resumed, and it then writes all it took before yielding again (its Tornado driver's
+        send does not suspend): with no unfinished packet, everything queued before is on the
+        stream. A packet queued after this frame wakes the writer after the Outbox's flush.
+        """
+        sock = self.server.eio.sockets.get(eio_sid)
+        if sock is None or sock.closing or sock.closed or sock.upgrading or not sock.upgraded:
+            return None
+        if sock.queue._unfinished_tasks:  # asyncio.Queue's count that join() waits on
+            return None
+        environ = self.server.environ.get(eio_sid) or {}
+        handler = environ.get("tornado.handler")
+        if not isinstance(handler, tornado.websocket.WebSocketHandler):
+            return None
+        return open_stream(handler)
+
+
+class ChannelManager(AsyncPubSubManager, DirectEmit):
     """python-socketio's pub/sub manager over Postgres LISTEN/NOTIFY.
 
     What this replica's server publishes goes out through `send` (a NOTIFY on the app's channel);
     what other replicas publish comes back through feed(). `send` is None without Postgres: one
-    process, nobody else to tell.
+    process, nobody else to tell. Local delivery (AsyncPubSubManager's `super().emit`) is
+    DirectEmit's: it comes after AsyncPubSubManager in this class's MRO.
     """
 
     name = "postgres-notify"
@@ -270,8 +364,20 @@ def build(
         def get_compression_options(self) -> None:
             # engine.io's handler turns permessage-deflate on: a zlib stream per connection,
             # run for every event to every client, to save a few bytes on messages of a few
-            # hundred. Off, as on /ws.
+            # hundred. Off, as on /ws: DirectEmit's one frame for everyone relies on it.
             return None
+
+        async def open(self, *args: Any, **kwargs: Any) -> None:
+            cap_buffer(self, MAX_CLIENT_BUFFER)
+            await super().open(*args, **kwargs)
+
+        def close(self, code: int | None = None, reason: str | None = None) -> None:
+            # engine.io closes the websocket when a write fails; past the client's buffer the
+            # close frame cannot be queued either, and the connection is cut instead.
+            try:
+                super().close(code, reason)
+            except StreamBufferFullError:
+                cut_off_handler(self)
 
         def prepare(self) -> None:
             rid = sane_request_id(self.request.headers.get("X-Request-ID")) or new_request_id()
@@ -292,7 +398,8 @@ async def end_session(sock: Any, abort: bool = False) -> None:
 
     engine.io's `close(wait=False)` only marks the session closed; its transport notices at
     its next packet. The `None` on the session's queue (engine.io's own end-of-stream
-    marker) wakes it at once. The one place this host touches engine.io's internals.
+    marker) wakes it at once. With DirectEmit.direct_stream, where this host touches engine.io's
+    internals.
     """
     await sock.close(wait=False, abort=abort)
     sock.queue.put_nowait(None)
