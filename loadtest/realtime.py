@@ -21,7 +21,8 @@ Then the json scenario runs with the clients connected but idle, between two run
 them (REALTIME_JSON=0 leaves those out).
 
 Only the stack takes part: the built-in server has no websocket. The clients run in
-REALTIME_PROCESSES processes (2 by default) so that their own parsing is not what is measured.
+REALTIME_PROCESSES processes (2 by default), each on loadtest/wsclient.py, which parses all the
+frames of a TCP read in one call, so that their own parsing is not what is measured.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from typing import Any
 
 import psutil
 import requests
-from tornado.websocket import websocket_connect
 
+from loadtest import wsclient
 from loadtest.cgroups import Cgroups, Throttling, compose_containers, inspect_containers
 from loadtest.config import SCENARIOS, Config
 from loadtest.driver import Driver
@@ -87,10 +88,7 @@ def _post_id(message: str) -> int | None:
 async def _ws_client(url: str, receipts: list[Receipt], hello: list[str], stop: asyncio.Event):
     replica = [""]
 
-    def on_message(message: str | bytes | None) -> None:
-        if not isinstance(message, str):
-            return
-        t = time.time()
+    def on_message(message: str, t: float) -> None:
         post_id = _post_id(message)
         if post_id is not None:
             receipts.append(("ws", replica[0], post_id, t))
@@ -98,7 +96,7 @@ async def _ws_client(url: str, receipts: list[Receipt], hello: list[str], stop: 
             replica[0] = json.loads(message)["replica"]
             hello.append(replica[0])
 
-    conn = await websocket_connect(url + "/ws", on_message_callback=on_message)
+    conn = await wsclient.connect(url + "/ws", on_message)
     await stop.wait()
     conn.close()
 
@@ -109,19 +107,16 @@ async def _sio_client(
     """A socket.io client speaking the protocol by hand: a callback per message, no thread."""
     replica = [""]
     conn: Any = None
-    unsent: list[str] = []  # replies to messages that came before websocket_connect returned
+    unsent: list[str] = []  # replies to messages that came before connect() returned
     refused: list[str] = []
 
     def send(reply: str) -> None:
         if conn is None:
             unsent.append(reply)
         else:
-            conn.write_message(reply)
+            conn.send(reply)
 
-    def on_message(message: str | bytes | None) -> None:
-        if not isinstance(message, str):
-            return
-        t = time.time()
+    def on_message(message: str, t: float) -> None:
         if message == "2":  # engine.io ping
             send("3")
         elif message.startswith("0{"):  # engine.io open: log in
@@ -137,11 +132,9 @@ async def _sio_client(
             refused.append(message)
             stop.set()
 
-    conn = await websocket_connect(
-        url + "/socket.io/?EIO=4&transport=websocket", on_message_callback=on_message
-    )
+    conn = await wsclient.connect(url + "/socket.io/?EIO=4&transport=websocket", on_message)
     for reply in unsent:
-        conn.write_message(reply)
+        conn.send(reply)
     await stop.wait()
     conn.close()
     if refused:

@@ -45,3 +45,36 @@ def test_unknown_event_source_is_refused(monkeypatch: pytest.MonkeyPatch):
         realtime.event_source()
     monkeypatch.setenv("REALTIME_SOURCE", "")
     assert realtime.event_source() == "posts"
+
+
+def test_the_lean_client_reads_every_frame_and_its_own_frames_are_accepted():
+    """wsclient against the host's /ws on a real Tornado server: the hello, broadcasts of every
+    length class (7-, 16- and 64-bit), split over reads or many in one; a ping it sends (masked,
+    as Tornado insists) is answered."""
+    import asyncio
+
+    from flaskstack import realtime as host_realtime
+    from loadtest import wsclient
+    from tests.unit.test_fanout import ws_server
+
+    async def main() -> None:
+        hub = host_realtime.Hub()
+        server, url = await ws_server(hub)
+        got: list[str] = []
+        conn = await wsclient.connect(url, lambda text, t: got.append(text))
+        while not got:
+            await asyncio.sleep(0.01)
+        assert json.loads(got[0])["type"] == "hello"
+        sizes = [10, 200, 70_000, 5, 126, 65_536]
+        for n in sizes:
+            hub.broadcast(json.dumps({"type": "post.created", "pad": "x" * n}))
+        conn.send("ping")
+        while len(got) < 2 + len(sizes):
+            await asyncio.sleep(0.01)
+        assert [len(json.loads(m)["pad"]) for m in got[1:-1]] == sizes
+        assert got[-1] == "pong"
+        conn.close()
+        await asyncio.wait_for(conn.closed, 5)
+        server.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
