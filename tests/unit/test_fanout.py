@@ -180,6 +180,34 @@ def test_a_slow_reader_is_cut_off_at_its_buffer_and_the_others_get_everything():
     run(main)
 
 
+def test_drain_cuts_a_client_whose_buffer_cannot_take_the_close_frame():
+    async def main() -> None:
+        hub = realtime.Hub()
+        server, url = await ws_server(hub)
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect(("127.0.0.1", int(url.split(":")[2].split("/")[0])))
+        slow.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        while not hub.sockets:
+            await asyncio.sleep(0.01)
+        (ws,) = hub.sockets
+        stream = ws.ws_connection.stream
+        while not stream.writing():  # until the kernel's buffers are full and Tornado holds some
+            hub.broadcast(json.dumps({"type": "post.created", "body": "x" * 8000}))
+            await asyncio.sleep(0)
+        stream.max_write_buffer_size = 1  # no room left, not even for a close frame
+        hub.close_all()  # must not raise: the drain goes on
+        assert stream.closed()
+        slow.close()
+        server.stop()
+
+    run(main)
+
+
 # --- socket.io: DirectEmit ----------------------------------------------------------------
 
 
