@@ -16,7 +16,10 @@
 #                     engines in containers (Swarm nodes) and the registry they pull from.
 #   build.sh monitoring  PROMETHEUS_IMAGE, NGINX_EXPORTER_IMAGE and POSTGRES_EXPORTER_IMAGE, the
 #                     same way, for the monitoring profile.
-#   build.sh names-cluster, names-monitoring  those image names, as NAME=value lines.
+#   build.sh acme     LEGO_IMAGE, the same way: the ACME client that keeps DOMAIN's certificate.
+#   build.sh acme-test  LEGO_IMAGE and PEBBLE_IMAGE (Let's Encrypt's ACME test server), for the
+#                     end-to-end test of certificates from an ACME directory.
+#   build.sh names-cluster, names-monitoring, names-acme  those image names, as NAME=value lines.
 #
 # Every step is idempotent: a second run rebuilds nothing and says so. A stand-in is rebuilt only
 # when its recipe (this script's code or the files under deploy/images/<kind>/) changed.
@@ -38,6 +41,9 @@ KINDS=(python nginx postgres)
 CLUSTER_KINDS=(dind registry)
 # `build.sh monitoring`: Prometheus and the nginx and Postgres exporters.
 MONITORING_KINDS=(prometheus nginxexporter pgexporter)
+# `build.sh acme`: lego, the ACME client; `build.sh acme-test` adds pebble, the ACME test server.
+ACME_KINDS=(lego)
+ACME_TEST_KINDS=(lego pebble)
 
 # ---------------------------------------------------------------------------------------------
 # Output and helpers
@@ -75,6 +81,9 @@ REGISTRY_IMAGE=$(image_name REGISTRY_IMAGE registry:2.8.3)
 PROMETHEUS_IMAGE=$(image_name PROMETHEUS_IMAGE prom/prometheus:v2.53.3)
 NGINX_EXPORTER_IMAGE=$(image_name NGINX_EXPORTER_IMAGE nginx/nginx-prometheus-exporter:1.4.1)
 POSTGRES_EXPORTER_IMAGE=$(image_name POSTGRES_EXPORTER_IMAGE quay.io/prometheuscommunity/postgres-exporter:v0.17.1)
+# The ACME images: the official tags of the versions Debian trixie packages.
+LEGO_IMAGE=$(image_name LEGO_IMAGE goacme/lego:v4.9.1)
+PEBBLE_IMAGE=$(image_name PEBBLE_IMAGE ghcr.io/letsencrypt/pebble:v2.6.0)
 
 image_of() {
 	case $1 in
@@ -86,6 +95,8 @@ image_of() {
 	prometheus) echo "$PROMETHEUS_IMAGE" ;;
 	nginxexporter) echo "$NGINX_EXPORTER_IMAGE" ;;
 	pgexporter) echo "$POSTGRES_EXPORTER_IMAGE" ;;
+	lego) echo "$LEGO_IMAGE" ;;
+	pebble) echo "$PEBBLE_IMAGE" ;;
 	esac
 }
 
@@ -106,6 +117,8 @@ recipe_packages() {
 	prometheus) echo prometheus ;;
 	nginxexporter) echo prometheus-nginx-exporter ;;
 	pgexporter) echo prometheus-postgres-exporter ;;
+	lego) echo lego,ca-certificates ;;
+	pebble) echo pebble ;;
 	esac
 }
 
@@ -320,6 +333,43 @@ pgexporter_import_changes() {
 		'USER 65534' 'EXPOSE 9187' 'ENTRYPOINT ["/bin/postgres_exporter"]' 'CMD []'
 }
 
+# The ACME stand-ins (`build.sh acme`, `build.sh acme-test`), with their import settings in
+# <kind>_import_changes. Both run as the service chooses (the official images run as root).
+
+lego_configure() {
+	local r=${1:?} version
+	# Debian's build says "lego version dev": the package's version is the program's.
+	version=$(chroot "$r" dpkg-query -W -f '${Version}' lego | sed 's/[+~-].*//')
+	chroot "$r" lego --version >/dev/null
+	rootfs_require_version "lego" "$version" 4.9.0 4. >/dev/null
+	# The official image's command.
+	ln -sf /usr/bin/lego "$r/lego"
+	echo "$version"
+}
+
+lego_import_changes() {
+	printf '%s\n' "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		'ENTRYPOINT ["/lego"]' 'CMD []'
+}
+
+pebble_configure() {
+	local r=${1:?} version
+	version=$(chroot "$r" dpkg-query -W -f '${Version}' pebble | sed 's/[+~-].*//')
+	rootfs_require_version "pebble" "$version" 2.4.0 2. >/dev/null
+	# The official image's command and configuration (ACME on 14000, management on 15000); the
+	# listener's certificate and key, /test/certs/localhost/{cert,key}.pem, are the user's to
+	# mount (Debian ships no test keys).
+	ln -sf /usr/bin/pebble "$r/app"
+	install -d -m 0755 "$r/test/config" "$r/test/certs/localhost"
+	install -m 0644 "$HERE/pebble/pebble-config.json" "$r/test/config/pebble-config.json"
+	echo "$version"
+}
+
+pebble_import_changes() {
+	printf '%s\n' "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		'EXPOSE 14000 15000' 'ENTRYPOINT ["/app"]' 'CMD ["-config", "/test/config/pebble-config.json"]'
+}
+
 postgres_configure() {
 	local r=${1:?} version old_uid old_gid
 	version=$(chroot "$r" /usr/lib/postgresql/17/bin/postgres --version | awk '{print $3}')
@@ -449,6 +499,9 @@ smoke_test() {
 		docker run --rm --network none "$image" --version &&
 			smoke_starts "$image" 2 'Listening on' --web.listen-address=:9187
 		;;
+	lego) docker run --rm --network none "$image" --version ;;
+	# pebble needs its listener's certificate to start: check that the binary runs and reads flags.
+	pebble) docker run --rm --network none --entrypoint sh "$image" -c '/app -h 2>&1 | grep -q -- -config' ;;
 	esac
 }
 
@@ -717,7 +770,7 @@ cmd_wheels() {
 
 # ---------------------------------------------------------------------------------------------
 
-usage() { sed -n '2,18s/^# \{0,1\}//p' "$SELF"; }
+usage() { sed -n '2,22s/^# \{0,1\}//p' "$SELF"; }
 
 main() {
 	local cmd=${1:-help}
@@ -736,6 +789,9 @@ main() {
 		printf 'PROMETHEUS_IMAGE=%s\nNGINX_EXPORTER_IMAGE=%s\nPOSTGRES_EXPORTER_IMAGE=%s\n' \
 			"$PROMETHEUS_IMAGE" "$NGINX_EXPORTER_IMAGE" "$POSTGRES_EXPORTER_IMAGE"
 		;;
+	acme) KINDS=("${ACME_KINDS[@]}") && cmd_base ;;
+	acme-test) KINDS=("${ACME_TEST_KINDS[@]}") && cmd_base ;;
+	names-acme) printf 'LEGO_IMAGE=%s\nPEBBLE_IMAGE=%s\n' "$LEGO_IMAGE" "$PEBBLE_IMAGE" ;;
 	_standin) build_standin "$@" ;;
 	_rootfs) cmd_rootfs "$@" ;;
 	_rmtree) cmd_rmtree "$@" ;;

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# certs.sh DIR: a local certificate authority and a server certificate for localhost and
-# 127.0.0.1, for trying HTTPS on this machine. Clients trust DIR/ca.crt (curl --cacert).
+# certs.sh DIR [NAME...]: a local certificate authority and a server certificate for localhost,
+# 127.0.0.1 and each NAME, for trying HTTPS on this machine. Clients trust DIR/ca.crt (curl --cacert).
 # Not for production: mount a real certificate there instead.
 set -euo pipefail
 dir=${1:-certs}
+shift || true
+san=DNS:localhost,IP:127.0.0.1
+for name in "$@"; do san+=,DNS:$name; done
 mkdir -p "$dir"
 cd "$dir"
 if [[ -f server.crt && -f server.key && -f ca.crt ]]; then
@@ -14,7 +17,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
     -subj "/CN=flaskstack local CA" -keyout ca.key -out ca.crt 2>/dev/null
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
     -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > server.ext
+printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$san" > server.ext
 openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 825 \
     -extfile server.ext -out server.crt 2>/dev/null
 rm -f server.csr server.ext ca.srl
