@@ -112,12 +112,14 @@ def _file_settings(environ: Mapping[str, str]) -> dict[str, str]:
         path = environ.get(f"{key}_FILE")
         if not path:
             continue
-        if environ.get(key):
-            raise ConfigError(f"set {key} or {key}_FILE, not both")
         try:
-            found[key] = Path(path).read_text(encoding="utf-8").rstrip("\n")
+            value = Path(path).read_text(encoding="utf-8").rstrip("\n")
         except OSError as exc:
             raise ConfigError(f"{key}_FILE: cannot read {path} ({exc.strerror})") from None
+        # The host copies a secret file into KEY (flaskstack.secrets): the same value agrees.
+        if environ.get(key) and environ[key] != value:
+            raise ConfigError(f"set {key} or {key}_FILE, not both")
+        found[key] = value
     return found
 
 

@@ -247,6 +247,11 @@ Restoring replaces all of it with the backup; run again with FORCE=1 to do that.
 # ---- the scheduled service (inside a container of the Postgres image) ---------------------
 
 schedule() {  # every BACKUP_INTERVAL s (0: once), keep the newest BACKUP_KEEP backups
+    # The password arrives as a secret file (PGPASSWORD_FILE); libpq reads only PGPASSWORD.
+    if [[ -z ${PGPASSWORD:-} && -n ${PGPASSWORD_FILE:-} ]]; then
+        PGPASSWORD=$(cat "$PGPASSWORD_FILE")
+        export PGPASSWORD
+    fi
     local interval=${BACKUP_INTERVAL:-86400} keep=${BACKUP_KEEP:-7} root=/backups
     umask 077
     while true; do

@@ -33,20 +33,82 @@ compose_profiles() {  # the optional services the settings switch on, as COMPOSE
     echo "${profiles[*]}"
 }
 
-sync_compose_env() {  # write COMPOSE_FILE, COMPOSE_PROFILES and the project's name into ENV_FILE,
-                      # from its own settings (not the shell's), so plain `docker compose` in
-                      # this folder starts the same stack as `make up`
+sync_compose_env() {  # write COMPOSE_FILE, COMPOSE_PROFILES, the project's name and the secret
+                      # files (secrets/ for .env), from the env file's own
+                      # settings (not the shell's), so plain `docker compose` in this folder
+                      # starts the same stack as `make up`
+    # SECRETS_ONLY=1 (Swarm's rendering, under another stack's name): the secret files only.
     [[ -f $ENV_FILE ]] || return 0
     local files profiles
     files=$(FILE_ONLY=1 compose_files)
     profiles=$(FILE_ONLY=1 compose_profiles)
-    python3 - "$ENV_FILE" "$PROJECT" "$files" "$profiles" <<'PY'
-import sys
-path, project, files, profiles = sys.argv[1:]
-marker = "# --- Written by make from the settings above (edit those, then `make env`) ---"
-wanted = {"COMPOSE_PROJECT_NAME": project, "COMPOSE_FILE": files, "COMPOSE_PROFILES": profiles}
+    python3 - "$ENV_FILE" "$PROJECT" "$files" "$profiles" "${SECRETS_ONLY:-0}" <<'PY'
+import os, sys
+from urllib.parse import quote
+path, project, files, profiles, secrets_only = sys.argv[1:]
 with open(path, encoding="utf-8") as env:
     lines = env.read().splitlines()
+settings = {}
+for source in (".env.example", path):
+    if os.path.exists(source):
+        for line in open(source, encoding="utf-8"):
+            if "=" in line and not line.startswith("#"):
+                key, _, value = line.rstrip("\n").partition("=")
+                if value or source == path:
+                    settings[key.strip()] = value
+
+# Secrets reach the containers as files (/run/secrets/<name>, named in <KEY>_FILE), so no
+# value shows in `docker inspect`. Files 0644 in a 0700 directory: Compose bind-mounts them as
+# they are, so the containers' own users must be able to read them; nobody else on this
+# machine can reach them. One folder per env file (secrets/ for .env), as the values are its.
+if os.path.normpath(path) == ".env":
+    secrets_dir = "secrets"
+else:
+    secrets_dir = os.path.join(os.path.dirname(path), os.path.basename(path) + ".secrets")
+bundled = "postgresql+psycopg2://{}:{}@postgres:5432/{}".format(
+    quote(settings.get("POSTGRES_USER") or "app", safe=""),
+    quote(settings.get("POSTGRES_PASSWORD", ""), safe=""),
+    quote(settings.get("POSTGRES_DB") or "app", safe=""),
+)
+secrets = {
+    "secret_key": settings.get("SECRET_KEY", ""),
+    "jwt_secret_key": settings.get("JWT_SECRET_KEY", ""),
+    "admin_password": settings.get("ADMIN_PASSWORD", ""),
+    "postgres_password": settings.get("POSTGRES_PASSWORD", ""),
+    "postgres_monitor_password": settings.get("POSTGRES_MONITOR_PASSWORD", ""),
+    "database_url": settings.get("DATABASE_URL") or bundled,
+}
+os.makedirs(secrets_dir, mode=0o700, exist_ok=True)
+os.chmod(secrets_dir, 0o700)
+for name, value in secrets.items():
+    target = os.path.join(secrets_dir, name)
+    try:
+        with open(target, encoding="utf-8") as current:
+            if current.read() == value:
+                continue
+    except FileNotFoundError:
+        pass
+    # In place (not a rename): a running container's bind mount follows the same file.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(value)
+    os.chmod(target, 0o644)
+
+marker = "# --- Written by make from the settings above (edit those, then `make env`) ---"
+shown = secrets_dir if os.path.isabs(secrets_dir) else f"./{secrets_dir}"
+wanted = {
+    "COMPOSE_PROJECT_NAME": project,
+    "COMPOSE_FILE": files,
+    "COMPOSE_PROFILES": profiles,
+    "SECRETS_DIR": shown,
+}
+if secrets_only == "1":
+    current = {l.split("=", 1)[0]: l.split("=", 1)[1] for l in lines if "=" in l}
+    for key in ("COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "COMPOSE_PROFILES"):
+        if key in current:
+            wanted[key] = current[key]
+        else:
+            del wanted[key]
 kept = [l for l in lines if l != marker and l.split("=", 1)[0] not in wanted]
 while kept and not kept[-1].strip():
     kept.pop()
@@ -81,7 +143,7 @@ compose() {  # compose ARGS: compose on this project with the files and profiles
              # compose versions (1.29 has no --profile on every subcommand)
     ensure_app_env
     # Swarm's rendering runs under the Swarm stack's name: the env file keeps the compose stack's.
-    [[ ${SWARM:-0} == 1 ]] || sync_compose_env
+    if [[ ${SWARM:-0} == 1 ]]; then SECRETS_ONLY=1 sync_compose_env; else sync_compose_env; fi
     # shellcheck disable=SC2046  # the command is words
     COMPOSE_FILE=$(compose_files) COMPOSE_PROFILES=$(compose_profiles) COMPOSE_PATH_SEPARATOR=: \
         $(compose_cmd) -p "$PROJECT" --env-file "$ENV_FILE" "$@"

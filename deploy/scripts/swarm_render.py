@@ -282,6 +282,31 @@ def to_secrets(doc: dict[str, Any], secrets_dir: Path, prefix: str) -> None:
         declared[sid] = {"name": f"{prefix}_{sid}_{digest}", "file": str(path)}
 
 
+def name_file_secrets(doc: dict[str, Any], prefix: str) -> None:
+    """Name every secret the compose file reads from a file `<prefix>_<key>_<hash of it>`, in
+    place: a Swarm secret cannot change, so a new value is a new secret, and a redeploy with the
+    same values changes nothing. Services keep mounting it at /run/secrets/<key>."""
+    for sid, spec in (doc.get("secrets") or {}).items():
+        if not isinstance(spec, dict) or "file" not in spec or "name" in spec:
+            continue
+        try:
+            content = Path(spec["file"]).read_bytes()
+        except OSError as exc:
+            raise RenderError(
+                f"swarm.sh: secret {sid}: cannot read {spec['file']} ({exc})"
+            ) from None
+        spec["name"] = f"{prefix}_{sid}_{hashlib.sha256(content).hexdigest()[:12]}"
+    for svc in doc.get("services", {}).values():
+        refs = svc.get("secrets")
+        if refs:
+            svc["secrets"] = [
+                {"source": ref, "target": ref}
+                if isinstance(ref, str)
+                else {"target": ref["source"], **ref}
+                for ref in refs
+            ]
+
+
 def to_configs(doc: dict[str, Any], prefix: str) -> None:
     """Turn every bind mount of a single file into a Swarm config, in place.
 
@@ -414,6 +439,7 @@ def main() -> int:
     try:
         lost = to_stack(doc, os.environ, local_image_id if local else None)
         to_configs(doc, prefix)
+        name_file_secrets(doc, prefix)
         if secrets_dir:
             to_secrets(doc, Path(secrets_dir), prefix)
     except RenderError as exc:

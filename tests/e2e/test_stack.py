@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ import requests
 from tornado.websocket import websocket_connect
 
 from tests.faults import faultkit as fk
-from tests.support import compose, run, wait_for
+from tests.support import ROOT, compose, run, wait_for
 
 
 def container_ids(service: str) -> list[str]:
@@ -218,3 +219,21 @@ def test_every_container_log_is_rotated():
         )
         assert config["Type"] == "json-file", (cid, config)
         assert config["Config"].get("max-size") and config["Config"].get("max-file"), (cid, config)
+
+
+def test_no_secret_value_in_any_container_configuration():
+    """Secrets reach the containers as files under /run/secrets: `docker inspect` of every
+    container of the stack (its environment, command and labels) shows none of the values."""
+    env_file = ROOT / os.environ.get("ENV_FILE", ".env")
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    secrets = [
+        values[key]
+        for key in ("SECRET_KEY", "JWT_SECRET_KEY", "ADMIN_PASSWORD", "POSTGRES_PASSWORD",
+                    "POSTGRES_MONITOR_PASSWORD")
+    ]  # fmt: skip
+    assert all(len(value) >= 32 for value in secrets)
+    ids = compose("ps", "-aq").stdout.split()
+    assert len(ids) >= 5
+    for cid in ids:
+        config = run("docker", "inspect", "-f", "{{json .Config}}", cid).stdout
+        assert not [value for value in secrets if value in config], f"a secret is visible in {cid}"

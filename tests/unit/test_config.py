@@ -165,8 +165,21 @@ def test_a_secret_file_refuses_ambiguity_and_absence(tmp_path: Path) -> None:
     missing = str(tmp_path / "absent")
     with pytest.raises(ConfigError, match="SECRET_KEY_FILE: cannot read"):
         load_config(None, str(tmp_path), environ=prod(SECRET_KEY="", SECRET_KEY_FILE=missing))
+    other = tmp_path / "secret_key"
+    other.write_text("not the value SECRET_KEY holds, and long enough to be one: " + "x" * 32)
     with pytest.raises(ConfigError, match="set SECRET_KEY or SECRET_KEY_FILE, not both"):
-        load_config(None, str(tmp_path), environ=prod(SECRET_KEY_FILE=missing))
+        load_config(None, str(tmp_path), environ=prod(SECRET_KEY_FILE=str(other)))
+
+
+def test_a_secret_file_and_the_same_value_in_the_environment_agree(tmp_path: Path) -> None:
+    """The host copies /run/secrets files into the environment: the same value twice is fine."""
+    value = "Qm9hV3J0dXlQbGFzbWFJbnRlZ3JhbDQ1Njc4OTBhYmNkZWZnaGlqa2xtbm9wcQ"
+    secret = tmp_path / "secret_key"
+    secret.write_text(value + "\n")
+    config = load_config(
+        None, str(tmp_path), environ=prod(SECRET_KEY=value, SECRET_KEY_FILE=str(secret))
+    )
+    assert config["SECRET_KEY"] == value
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ the shell (`make up MONITORING=1`) or Swarm's rendering never changes them."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 
 import pytest
@@ -16,7 +17,8 @@ def stack_sh(env_file, *args: str, **shell: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
     for name in ("MONITORING", "BASELINE", "TLS_ENABLED", "DATABASE_URL", "SWARM", "DEV"):
         env.pop(name, None)
-    env.update(PROJECT="demo", ENV_FILE=str(env_file), **shell)
+    env.update(PROJECT="demo", ENV_FILE=str(env_file))
+    env.update(shell)
     result = subprocess.run(
         [str(STACK), *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
     )
@@ -52,6 +54,32 @@ def test_a_fresh_env_names_the_base_file_and_no_profile(env_file):
     }
 
 
+def settings(env_file) -> dict[str, str]:
+    lines = env_file.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and line[0] != "#")
+
+
+def test_the_secrets_are_files_beside_the_env_file_readable_only_through_it(env_file):
+    values = settings(env_file)
+    folder = env_file.parent / "stack.env.secrets"
+    assert values["SECRETS_DIR"] == str(folder)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for name, key in [
+        ("secret_key", "SECRET_KEY"),
+        ("jwt_secret_key", "JWT_SECRET_KEY"),
+        ("admin_password", "ADMIN_PASSWORD"),
+        ("postgres_password", "POSTGRES_PASSWORD"),
+        ("postgres_monitor_password", "POSTGRES_MONITOR_PASSWORD"),
+    ]:
+        assert len(values[key]) >= 32
+        assert (folder / name).read_text() == values[key]
+    bundled = f"postgresql+psycopg2://app:{values['POSTGRES_PASSWORD']}@postgres:5432/app"
+    assert (folder / "database_url").read_text() == bundled
+    set_setting(env_file, "DATABASE_URL", "postgresql://u:p@db.example.com/app")
+    stack_sh(env_file, "env")
+    assert (folder / "database_url").read_text() == "postgresql://u:p@db.example.com/app"
+
+
 def test_settings_choose_the_overlays_and_profiles(env_file):
     set_setting(env_file, "MONITORING", "1")
     set_setting(env_file, "BACKUP_SCHEDULE", "1")
@@ -72,5 +100,5 @@ def test_one_off_shell_settings_and_swarm_leave_the_env_file_alone(env_file):
     )
     stack_sh(env_file, "compose", "version", MONITORING="1", BASELINE="1")
     assert env_file.read_text() == before
-    stack_sh(env_file, "compose", "version", SWARM="1")
+    stack_sh(env_file, "compose", "version", SWARM="1", PROJECT="other")
     assert env_file.read_text() == before

@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from .secrets import expand
 from .settings import env_int
 
 # How often a failed attempt is reported while waiting.
@@ -99,7 +100,8 @@ def wait_for_database(environ: Mapping[str, str]) -> bool:
     return wait(url, timeout_s, lambda u: psycopg2.connect(u, connect_timeout=3))
 
 
-def main(environ: Mapping[str, str] = os.environ) -> int:
+def main(environ: MutableMapping[str, str] = os.environ) -> int:
+    expand(environ)  # the command (`flask db upgrade`) imports the app, which reads them
     command = environ.get("MIGRATE_COMMAND", "").strip()
     if not command:
         print("migrate: MIGRATE_COMMAND is empty: nothing to run", flush=True)

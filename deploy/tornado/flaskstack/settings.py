@@ -115,6 +115,9 @@ def load_wsgi_app(spec: str) -> Callable[..., Any]:
     As gunicorn does, the working directory (the app image's /srv/app) comes first on the import
     path, so the app's own package is found whatever it is called.
     """
+    from .secrets import expand
+
+    expand()  # secrets mounted as files, into the environment the app reads
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
