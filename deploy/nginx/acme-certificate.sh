@@ -12,8 +12,11 @@
 #
 # Runs as nginx's own user: no Docker socket, no other container's processes.
 set -eu
-certs=/etc/nginx/certs
-conf=/etc/nginx/conf.d/acme/certificate.conf
+certs=${ACME_CERTS_DIR:-/etc/nginx/certs}
+conf=${ACME_CONF_DIR:-/etc/nginx/conf.d/acme}/certificate.conf
+# The fingerprint of the pair the last render gave nginx: the watcher starts from it, so a
+# certificate installed between the render and the watcher's start is not missed.
+loaded_file=${ACME_CONF_DIR:-/etc/nginx/conf.d/acme}/certificate.loaded
 interval=${ACME_WATCH_INTERVAL:-5}
 
 log() { echo "acme-certificate: $*" >&2; }
@@ -25,7 +28,8 @@ fingerprint() {
 }
 
 render() {
-    if [ -n "$(fingerprint)" ]; then
+    fingerprint >"$loaded_file"
+    if [ -s "$loaded_file" ]; then
         printf '%s\n' "ssl_certificate $certs/server.crt;" "ssl_certificate_key $certs/server.key;" >"$conf"
     else
         log "no certificate for ${DOMAIN:-} yet: HTTPS refuses handshakes until the acme service has one"
@@ -34,7 +38,7 @@ render() {
 }
 
 watch() {
-    loaded=$(fingerprint)
+    loaded=$(cat "$loaded_file" 2>/dev/null || true)
     failed=""
     while sleep "$interval"; do
         now=$(fingerprint)

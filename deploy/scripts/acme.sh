@@ -26,9 +26,10 @@ renew_days=${ACME_RENEW_DAYS:-30}
 interval=${ACME_CHECK_INTERVAL:-86400}
 retry=${ACME_RETRY_INTERVAL:-3600}
 gid=${ACME_CERT_GID:-101}
-state=/acme
-certs=/certs
-webroot=/srv/acme
+# The volumes' mount points (the tests point them elsewhere).
+state=${ACME_STATE_DIR:-/acme}
+certs=${ACME_CERTS_DIR:-/certs}
+webroot=${ACME_WEBROOT:-/srv/acme}
 
 names=$(printf '%s\n' "$DOMAIN" | tr ', ' '\n\n' | sed '/^$/d' | paste -sd ' ' -)
 flags=""
@@ -101,7 +102,7 @@ once() {
 
 # One lego at a time: the loop and a `docker compose exec acme sh /usr/local/bin/acme.sh once`.
 locked_once() {
-    exec 9>/tmp/acme.lock
+    exec 9>"${TMPDIR:-/tmp}/acme.lock"
     flock 9
     rc=0
     once "$@" || rc=$?
