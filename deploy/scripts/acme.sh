@@ -3,12 +3,12 @@
 # from an ACME directory (ACME_DIRECTORY, Let's Encrypt by default) with lego, the ACME client,
 # through the HTTP-01 challenge that nginx serves from the shared webroot.
 #
-#   once  Obtain the certificate when there is none (or DOMAIN changed), else renew it when it
-#         expires within ACME_RENEW_DAYS (30); install a new one for nginx, whose watcher
-#         reloads it. A failure leaves the installed certificate as it is and says so.
-#         Run by hand (`docker compose exec acme sh /usr/local/bin/acme.sh once`), it renews
-#         at once; the loop lets lego wait a random few minutes first, as lego advises for
-#         automated renewals, so that not every client asks at the same moment.
+#   once  Obtain the certificate when there is none (or DOMAIN or ACME_DIRECTORY changed), else
+#         renew it when it expires within ACME_RENEW_DAYS (30); install a new one for nginx,
+#         whose watcher reloads it. A failure leaves the installed certificate as it is and says
+#         so. Run by hand (`docker compose exec acme sh /usr/local/bin/acme.sh once`), it asks at
+#         once; the loop lets lego wait a random few minutes before a renewal, as lego advises
+#         for automated renewals, so that not every client asks at the same moment.
 #   loop  The same at start, then every ACME_CHECK_INTERVAL seconds (a day), or after
 #         ACME_RETRY_INTERVAL (an hour) when it failed: Let's Encrypt allows 5 failed
 #         validations per name and hour.
@@ -77,7 +77,8 @@ once() {
     action=obtain
     rc=0
     mkdir -p "$webroot/.well-known/acme-challenge"
-    if [ -f "$crt" ] && [ "$(cat "$state/domains" 2>/dev/null)" = "$names" ]; then
+    # A new list of names or another directory (staging, then production) gets a new certificate.
+    if [ -f "$crt" ] && [ "$(cat "$state/issued-for" 2>/dev/null)" = "$directory $names" ]; then
         action=renew
         log "renewing the certificate for $names if it expires within $renew_days days ($directory)"
         lego_ renew --days "$renew_days" "$@" || rc=$?
@@ -96,7 +97,7 @@ once() {
         fi
         return 1
     fi
-    echo "$names" >"$state/domains"
+    echo "$directory $names" >"$state/issued-for"
     install_pair
 }
 

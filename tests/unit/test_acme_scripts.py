@@ -159,12 +159,19 @@ def test_a_failed_first_run_says_what_to_check(acme_env):
     assert not (Path(acme_env["ACME_CERTS_DIR"]) / "server.crt").exists()
 
 
-def test_a_changed_domain_list_obtains_a_new_certificate(acme_env):
+def test_a_changed_domain_list_or_directory_obtains_a_new_certificate(acme_env):
     acme_once(acme_env)
     acme_once(acme_env, DOMAIN="example.org, www.example.org api.example.org")
     assert lego_calls(acme_env)[-1].endswith(
         "-d example.org -d www.example.org -d api.example.org run"
     )
+    staging = "https://acme-staging-v02.api.letsencrypt.org/directory"
+    acme_once(acme_env, ACME_DIRECTORY=staging)
+    assert lego_calls(acme_env)[-1].endswith(" run")
+    acme_once(acme_env, ACME_DIRECTORY=staging)
+    assert " renew " in lego_calls(acme_env)[-1]
+    acme_once(acme_env)  # back to production: not a staging certificate renewed
+    assert lego_calls(acme_env)[-1].endswith(" run")
 
 
 @pytest.mark.parametrize(
