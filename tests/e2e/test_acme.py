@@ -11,6 +11,7 @@ load; a failed challenge leaving the old certificate serving, with the acme serv
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -183,6 +184,58 @@ def get(ctx, path: str, name: str = DOMAINS[0]) -> tuple[int, str]:
         return int(head.split(" ", 2)[1]), conn.getpeercert()["serialNumber"]
 
 
+class WebSocket:
+    """A minimal client for /ws over TLS with SNI: text frames only, enough for hello and ping."""
+
+    def __init__(self, ctx, name: str = DOMAINS[0]) -> None:
+        context = ssl.create_default_context(cafile=ctx["root"])
+        context.set_alpn_protocols(["http/1.1"])
+        raw = socket.create_connection(("127.0.0.1", ctx["tls_port"]), timeout=10)
+        self.conn = context.wrap_socket(raw, server_hostname=name)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.conn.sendall(
+            f"GET /ws HTTP/1.1\r\nHost: {name}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.conn.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def _exact(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.conn.recv(n - len(data))
+            assert chunk, "the connection was closed"
+            data += chunk
+        return data
+
+    def send(self, text: str, opcode: int = 0x1) -> None:
+        payload, mask = text.encode(), os.urandom(4)
+        assert len(payload) < 126
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.conn.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    def receive(self) -> str:
+        """The next text message; the server's pings are answered on the way."""
+        while True:
+            first, second = self._exact(2)
+            length = second & 0x7F
+            if length == 126:
+                length = int.from_bytes(self._exact(2), "big")
+            elif length == 127:
+                length = int.from_bytes(self._exact(8), "big")
+            payload, opcode = self._exact(length).decode(), first & 0x0F
+            assert opcode != 0x8, "the server closed the websocket"
+            if opcode == 0x9:
+                self.send(payload, opcode=0xA)
+            elif opcode == 0x1:
+                return payload
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def container(ctx, service: str) -> str:
     return docker(
         "ps", "-q", "--filter", f"label=com.docker.compose.project={ctx['project']}",
@@ -228,7 +281,8 @@ def test_plain_http_serves_the_challenge_path_and_redirects_the_rest(acme):
 
 
 def test_a_renewal_is_picked_up_without_a_failed_request(acme):
-    """Forced renewal (ACME_RENEW_DAYS beyond the certificate's life) under paced load."""
+    """Forced renewal (ACME_RENEW_DAYS beyond the certificate's life) under paced load, each
+    request on a new connection, and a websocket opened before the reload and used after it."""
     _, before = get(acme, "/healthz")
     results: list[tuple[int, str] | str] = []
     stop = threading.Event()
@@ -241,6 +295,9 @@ def test_a_renewal_is_picked_up_without_a_failed_request(acme):
                 results.append(repr(e))
             time.sleep(0.05)
 
+    # A websocket open across the reload: the old worker keeps serving it.
+    ws = WebSocket(acme)
+    assert json.loads(ws.receive())["type"] == "hello"
     worker = threading.Thread(target=load)
     worker.start()
     try:
@@ -253,6 +310,11 @@ def test_a_renewal_is_picked_up_without_a_failed_request(acme):
     finally:
         stop.set()
         worker.join()
+    try:
+        ws.send("ping")
+        assert ws.receive() == "pong"
+    finally:
+        ws.close()
     failed = [r for r in results if not isinstance(r, tuple) or r[0] != 200]
     assert failed == [], failed[:5]
     serials = [r[1] for r in results]
