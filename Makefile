@@ -147,6 +147,7 @@ restore: ## Restore BACKUP=backups/<time> into the running stack (FORCE=1 replac
 images: ## Build every image: the host, your app on it (APP_SOURCE), nginx (stand-ins where no registry answers)
 	deploy/images/build.sh base
 	@if [[ $$($(STACK) get MONITORING 0) == 1 ]]; then deploy/images/build.sh monitoring; fi
+	@if [[ -n "$$($(STACK) get DOMAIN)" ]]; then deploy/images/build.sh acme; fi
 	APP_REQUIREMENTS_FILE=$(APP_SOURCE)/$(APP_REQUIREMENTS) deploy/images/build.sh wheels
 	docker build -q -f deploy/tornado/wheels.Dockerfile -t $(WHEELS_IMAGE) build/wheelhouse
 	docker build -q -f deploy/tornado/Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) \

@@ -11,7 +11,9 @@ COMPOSE_DIR=deploy/compose
 compose_files() {  # the compose files the settings ask for, ':'-separated as COMPOSE_FILE
     local files=docker-compose.yml extra
     [[ -n $(env_value DATABASE_URL) ]] && files+=:$COMPOSE_DIR/external-db.yml
-    [[ $(env_value TLS_ENABLED 0) == 1 ]] && files+=:$COMPOSE_DIR/tls.yml
+    # DOMAIN: HTTPS with certificates from an ACME directory (tls.yml, then acme.yml on top).
+    [[ $(env_value TLS_ENABLED 0) == 1 || -n $(env_value DOMAIN) ]] && files+=:$COMPOSE_DIR/tls.yml
+    [[ -n $(env_value DOMAIN) ]] && files+=:$COMPOSE_DIR/acme.yml
     [[ $(env_value REFERENCE 0) == 1 ]] && files+=:$COMPOSE_DIR/reference.yml
     [[ $(env_value DEV 0) == 1 ]] && files+=:$COMPOSE_DIR/dev.yml
     # Swarm's own keys, for swarm.sh's rendering only (never written to the env file).
@@ -359,7 +361,14 @@ urls() {
         echo "    API description:                 http://$bind:$port/openapi.json"
     fi
     echo "    websocket events:                ws://$bind:$port/ws"
-    if [[ $(env_value TLS_ENABLED 0) == 1 ]]; then
+    if [[ -n $(env_value DOMAIN) ]]; then
+        local domain tls
+        domain=$(env_value DOMAIN)
+        domain=${domain%%,*}
+        tls=$(env_value TLS_PORT 8443)
+        if [[ $tls == 443 ]]; then tls=""; else tls=:$tls; fi
+        echo "    HTTPS (HTTP/2, ACME certificate): https://$domain$tls/  (progress: make logs S=acme)"
+    elif [[ $(env_value TLS_ENABLED 0) == 1 ]]; then
         echo "    HTTPS (HTTP/2):                  https://$bind:$(env_value TLS_PORT 8443)/"
     fi
     if [[ $(env_value MONITORING 0) == 1 ]]; then

@@ -103,10 +103,7 @@ def acme(tmp_path_factory):
         )
     )
 
-    # The overlay by name for as long as stack.sh does not add it for DOMAIN itself.
     extra_files = [str(fragment)]
-    if "acme.yml" not in (ROOT / "deploy" / "scripts" / "stack.sh").read_text():
-        extra_files.insert(0, "deploy/compose/acme.yml")
     project = f"{os.environ.get('PROJECT', 'flaskstack-test')}-acme"
     env_file = workdir / "acme.env"
     env = {k: v for k, v in os.environ.items() if k not in INHERITED}
