@@ -140,21 +140,26 @@ def test_every_ws_client_gets_every_broadcast_in_order_after_its_hello():
     run(main)
 
 
+def silent_client(url: str) -> socket.socket:
+    """A client that upgrades to a websocket and then reads nothing, with a small receive window."""
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", int(url.split(":")[2].split("/")[0])))
+    slow.sendall(
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    return slow
+
+
 def test_a_slow_reader_is_cut_off_at_its_buffer_and_the_others_get_everything():
     async def main() -> None:
         hub = realtime.Hub(max_buffer=64 * 1024)
         server, url = await ws_server(hub)
         fast = await websocket_connect(url)
         await fast.read_message()  # hello
-        # A client that upgrades and then reads nothing, with a small receive window.
-        slow = socket.socket()
-        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        slow.connect(("127.0.0.1", int(url.split(":")[2].split("/")[0])))
-        slow.sendall(
-            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            b"Sec-WebSocket-Version: 13\r\n\r\n"
-        )
+        slow = silent_client(url)
         while len(hub.sockets) < 2:
             await asyncio.sleep(0.01)
         body = "x" * 8000
@@ -184,14 +189,7 @@ def test_drain_cuts_a_client_whose_buffer_cannot_take_the_close_frame():
     async def main() -> None:
         hub = realtime.Hub()
         server, url = await ws_server(hub)
-        slow = socket.socket()
-        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        slow.connect(("127.0.0.1", int(url.split(":")[2].split("/")[0])))
-        slow.sendall(
-            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            b"Sec-WebSocket-Version: 13\r\n\r\n"
-        )
+        slow = silent_client(url)
         while not hub.sockets:
             await asyncio.sleep(0.01)
         (ws,) = hub.sockets
