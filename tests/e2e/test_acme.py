@@ -260,10 +260,12 @@ def test_https_with_http2_answers_with_it(acme):
     out = run(
         "curl", "-sS", "--http2", "--cacert", acme["root"],
         "--resolve", f"{DOMAINS[0]}:{port}:127.0.0.1",
-        "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+        "-D", "-", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
         f"https://{DOMAINS[0]}:{port}/healthz",
     ).stdout  # fmt: skip
-    assert out == "2 200"
+    assert out.endswith("2 200")
+    # With a domain, HSTS is on by default (HSTS_MAX_AGE empty).
+    assert "strict-transport-security: max-age=63072000" in out.lower()
 
 
 def test_plain_http_serves_the_challenge_path_and_redirects_the_rest(acme):

@@ -29,7 +29,12 @@ NGINX_SERVER = (ROOT / "deploy" / "nginx" / "snippets" / "app-server.conf").read
 RESERVED_CONNECTIONS = 20
 LARGEST_SCALE = 5  # `make scale N=5`, the largest scale the defaults are sized for
 # Knobs documented as empty because they default to another knob's value.
-DERIVED = {"SWARM_PORT": "STACK_PORT", "DEV_SOURCE": "APP_SOURCE", "DB_POOL_SIZE": "APP_THREADS"}
+DERIVED = {
+    "SWARM_PORT": "STACK_PORT",
+    "DEV_SOURCE": "APP_SOURCE",
+    "DB_POOL_SIZE": "APP_THREADS",
+    "HSTS_MAX_AGE": "DOMAIN",
+}
 # Knobs documented as empty because `make env` fills in the value of the user who runs it.
 FILLED_BY_MAKE_ENV = {"BACKUP_UID", "BACKUP_GID"}
 
