@@ -211,7 +211,7 @@ lock: ## Re-lock requirements/*.lock from requirements/*.in (needs PyPI)
 test: lint test-unit test-integration test-e2e test-swarm test-cluster ## The whole suite, as CI runs it (builds and starts what it needs)
 
 .PHONY: test-unit
-test-unit: venv ## Unit tests: SQLite, no Docker
+test-unit: venv compose-v2 ## Unit tests: SQLite, no Docker (Compose v2's binary for the render check)
 	$(PYTEST) tests/unit
 
 .PHONY: test-integration
