@@ -231,14 +231,23 @@ $(COMPOSE_V2): requirements/compose-v2.txt
 	rm -rf build/compose-v2
 	$@ version
 
+# Suites that start stacks of their own (compose versions, ACME, the example app) run in a
+# second pytest beside the ones on the shared test stack: much of their time is waiting for
+# containers, so two cores carry both.
+E2E_BESIDE := tests/e2e/test_compose.py tests/e2e/test_acme.py tests/e2e/test_example_app.py
+
 .PHONY: test-e2e
 test-e2e: venv images compose-v2 ## End-to-end tests against a test stack on ports 18080/15000, then tear it down
 	$(MAKE) --no-print-directory test-stack-up
 	@rm -f build/e2e-figures.txt
-	status=0; BASELINE=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) \
+	status=0; export BASELINE=1 PROJECT=$(TEST_PROJECT) ENV_FILE=$(TEST_ENV_FILE) \
 	  STACK_URL=http://127.0.0.1:$(TEST_STACK_PORT) BASELINE_URL=http://127.0.0.1:$(TEST_DEVSERVER_PORT) \
-	  PROMETHEUS_URL=http://127.0.0.1:$(TEST_PROMETHEUS_PORT) \
-	  $(PYTEST) tests/e2e tests/faults --ignore=tests/e2e/test_swarm.py || status=$$?; \
+	  PROMETHEUS_URL=http://127.0.0.1:$(TEST_PROMETHEUS_PORT); \
+	  $(PYTEST) $(E2E_BESIDE) > build/e2e-beside.log 2>&1 & beside=$$!; \
+	  $(PYTEST) tests/e2e tests/faults --ignore=tests/e2e/test_swarm.py \
+	    $(addprefix --ignore=,$(E2E_BESIDE)) || status=$$?; \
+	  wait $$beside || status=$$?; \
+	  echo "== the suites with stacks of their own, run beside the others"; cat build/e2e-beside.log; \
 	  $(MAKE) --no-print-directory test-stack-down; \
 	  if [[ -f build/e2e-figures.txt ]]; then echo "== figures measured by the e2e tests"; cat build/e2e-figures.txt; fi; \
 	  exit $$status
