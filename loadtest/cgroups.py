@@ -79,6 +79,19 @@ def _scopes(base: Path, cid: str) -> tuple[Path, Path]:
     return base / "docker" / cid, base / "system.slice" / f"docker-{cid}.scope"
 
 
+def _first_file(root: Path, controllers: tuple[str, ...], cid: str, name: str) -> Path | None:
+    """The first file `name` in a container's scope under any of these v1 controllers."""
+    return next(
+        (
+            d / name
+            for controller in controllers
+            for d in _scopes(root / controller, cid)
+            if (d / name).is_file()
+        ),
+        None,
+    )
+
+
 def _stat(text: str, key: str) -> int | None:
     """The value of `key` in a `memory.stat` or `cpu.stat` file ("key value" per line)."""
     for line in text.splitlines():
@@ -105,28 +118,12 @@ class Cgroup:
 
     @classmethod
     def find(cls, cid: str, root: Path = CGROUP_ROOT) -> Cgroup | None:
-        cpu = next(
-            (
-                d / "cpuacct.usage"
-                for controller in ("cpuacct", "cpu,cpuacct")
-                for d in _scopes(root / controller, cid)
-                if (d / "cpuacct.usage").is_file()
-            ),
-            None,
-        )
+        cpu = _first_file(root, ("cpuacct", "cpu,cpuacct"), cid, "cpuacct.usage")
         memory = next(
             (d for d in _scopes(root / "memory", cid) if (d / "memory.usage_in_bytes").is_file()),
             None,
         )
-        throttle = next(
-            (
-                d / "cpu.stat"
-                for controller in ("cpu", "cpu,cpuacct")
-                for d in _scopes(root / controller, cid)
-                if (d / "cpu.stat").is_file()
-            ),
-            None,
-        )
+        throttle = _first_file(root, ("cpu", "cpu,cpuacct"), cid, "cpu.stat")
         if cpu or memory:
             return cls(memory, cpu, v2=False, throttle=throttle)
         for d in _scopes(root, cid):
