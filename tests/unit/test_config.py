@@ -7,7 +7,7 @@ import pytest
 
 from app import create_app
 from app.config import ConfigError, load_config
-from flaskstack.extension import db_settings, engine_options
+from flaskstack.extension import AutocommitReadsPool, db_settings, engine_options
 
 STRONG = "k3Jq9x" * 8
 
@@ -82,7 +82,7 @@ def test_postgres_url_uses_psycopg2_and_a_small_fast_failing_pool(tmp_path: Path
     assert options["pool_size"] == 8
     assert options["max_overflow"] <= 5
     assert options["pool_timeout"] <= 5
-    assert options["pool_pre_ping"] is True
+    assert options["poolclass"] is AutocommitReadsPool  # idle connections checked before use
     assert options["connect_args"]["connect_timeout"] <= 5
     assert "options" not in options["connect_args"]  # the server's timeouts apply
 

@@ -10,7 +10,13 @@ from flask_sqlalchemy import SQLAlchemy
 from prometheus_client import REGISTRY
 from sqlalchemy import exc as sa_exc
 
-from flaskstack.extension import FlaskStack, db_settings, engine_options
+from flaskstack.extension import (
+    AutocommitReadsPool,
+    FlaskStack,
+    StackPool,
+    db_settings,
+    engine_options,
+)
 
 PG = "postgresql://u:p@db:5432/app"
 
@@ -31,8 +37,16 @@ def test_pool_follows_the_replicas_threads(threads: str, pool: int) -> None:
     assert options["pool_size"] == pool
     assert options["max_overflow"] == 2
     assert options["pool_timeout"] == 3
-    assert options["pool_pre_ping"] is True
+    assert options["poolclass"] is AutocommitReadsPool
     assert options["connect_args"]["connect_timeout"] == 3
+
+
+def test_reads_in_a_transaction_when_the_app_says_so() -> None:
+    options = engine_options(PG, db_settings({"DB_AUTOCOMMIT_READS": 0}, {}))
+    assert options["poolclass"] is StackPool
+    app, db = user_app(PG, SQLALCHEMY_ENGINE_OPTIONS={"isolation_level": "SERIALIZABLE"})
+    with app.app_context():
+        assert type(db.engine.pool) is StackPool
 
 
 def test_db_pool_size_and_the_apps_config_win_over_the_threads() -> None:
@@ -47,7 +61,7 @@ def test_the_engine_is_built_with_the_options(monkeypatch: pytest.MonkeyPatch) -
     with app.app_context():
         pool = db.engine.pool
         assert pool.size() == 5
-        assert pool._pre_ping is True
+        assert isinstance(pool, AutocommitReadsPool)
         assert pool._recycle == 60  # the app's own option wins
         assert pool._timeout == 3
 
