@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from loadtest.accounts import Accounts
+from loadtest.appcost import measure_app_cost
 from loadtest.config import Config
 from loadtest.driver import Driver
 from loadtest.report.format import fmt_ms
@@ -32,8 +33,34 @@ def run_comparison(cfg: Config, driver: Driver, targets: list[Target], results: 
     with Accounts(cfg, results.notes, driver.log) as accounts:
         for scenario in scenarios:
             env = {t.name: accounts.env(t) if cfg.needs_accounts(scenario) else {} for t in live}
+            _app_cost(cfg, driver, scenario, results)
             if not _rounds(cfg, driver, scenario, live, env, results, total):
                 return
+
+
+def _app_cost(cfg: Config, driver: Driver, scenario: str, results: Results) -> None:
+    """The app's own CPU per call of this scenario, in-process in a replica, just before its
+    rounds: the stack is idle then, and no run's CPU counts it."""
+    cost = measure_app_cost(cfg, scenario)
+    if cost is None:
+        return
+    results.app_cost[scenario] = cost
+    if cost.error:
+        results.notes.append(
+            f"{scenario}: the app's in-process cost was not measured: {cost.error}"
+        )
+        driver.log(f"{scenario}: app in-process not measured: {cost.error}")
+        return
+    failed = sum(n for s, n in (cost.statuses or {}).items() if int(s) >= 400)
+    if failed:
+        results.notes.append(
+            f"{scenario}: {failed:,} of the {cost.calls:,} in-process calls answered 400 or more "
+            f"({cost.statuses}): its app cost is of those answers."
+        )
+    driver.log(
+        f"{scenario}: app in-process {fmt_ms(cost.ms)} ms CPU per call "
+        f"({cost.calls:,} calls in {cost.container})"
+    )
 
 
 def _rounds(

@@ -147,6 +147,20 @@ class ProfileRun(Record):
 
 
 @dataclass(kw_only=True)
+class AppCost(Record):
+    """A scenario's requests called in-process in an app replica (loadtest/appcall.py): the
+    CPU one call costs the app itself, or why it was not measured."""
+
+    container: str | None = None
+    calls: int | None = None
+    cpu_s: float | None = None  # around the calls alone
+    wall_s: float | None = None
+    statuses: dict[str, int] | None = None
+    ms: float | None = None  # CPU ms per call
+    error: str | None = None
+
+
+@dataclass(kw_only=True)
 class Ceiling(Record):
     """The requests/s the generator drives against nginx's own constant, by Locust processes."""
 
@@ -183,6 +197,7 @@ class Results:
     runs: list[Run] = field(default_factory=list)
     steps: list[StepRun | SkippedStep] = field(default_factory=list)
     profiles: list[ProfileRun] = field(default_factory=list)
+    app_cost: dict[str, AppCost] = field(default_factory=dict)  # by scenario
     realtime: dict[str, Any] | None = None  # loadtest/realtime.py's figures
     notes: list[str] = field(default_factory=list)
     finished: str = ""
@@ -200,6 +215,7 @@ class Results:
             "runs": [r.to_json() for r in self.runs],
             "steps": [s.to_json() for s in self.steps],
             "profiles": [p.to_json() for p in self.profiles],
+            "app_cost": {k: v.to_json() for k, v in self.app_cost.items()},
             "realtime": self.realtime,
             "notes": self.notes,
             "finished": self.finished,

@@ -40,6 +40,8 @@ class TargetSummary(TypedDict):
     other_cores: Range | None
     containers_unread: list[str]
     cpu_ms: dict[str, Range]  # by COMPONENTS key
+    app_ms: float | None  # the scenario's requests in-process in a replica: CPU ms per call
+    overhead_ms: Range | None  # the Python server's CPU ms per request less app_ms, per run
 
 
 class Skipped(TypedDict):
@@ -121,6 +123,20 @@ def cpu_ms_per_request(results: Doc, run: Doc) -> dict[str, float]:
     return {k: 1000 * v / served for k, v in seconds.items()}
 
 
+def app_ms(results: Doc, scenario: str) -> float | None:
+    """CPU ms one in-process call of the scenario's requests cost the app (loadtest/appcall.py);
+    None when it was not measured."""
+    return (results.get("app_cost", {}).get(scenario) or {}).get("ms")
+
+
+def hosting_overhead(per_request: list[dict[str, float]], app: float | None) -> Range | None:
+    """What the Python server spends per request beyond the app's own call, run by run: its CPU
+    ms per request (cpu_ms_per_request) less the app's in-process ms per call."""
+    if app is None:
+        return None
+    return median_min_max([p["server"] - app for p in per_request if "server" in p])
+
+
 def _rps_by_round(runs: list[Doc], scenario: str, target: str) -> dict[int, float]:
     return {
         r["round"]: r["rps"]
@@ -152,6 +168,7 @@ def summarize(results: Doc) -> Summary:
             if not mine:
                 continue
             per_request = [cpu_ms_per_request(results, r) for r in mine]
+            app = app_ms(results, scenario)
             limited = []
             for r in mine:
                 ceiling = ceilings.get(str(r["processes"]))
@@ -189,6 +206,8 @@ def summarize(results: Doc) -> Summary:
                     for k in COMPONENTS
                     if (mmm := median_min_max([p[k] for p in per_request if k in p]))
                 },
+                "app_ms": app,
+                "overhead_ms": hosting_overhead(per_request, app),
             }
         summary[scenario] = per_target
     return summary

@@ -25,6 +25,8 @@ class Table:
     rows: list[list[str]]
 
 
+APP_COLUMN = "app in-process"
+OVERHEAD_COLUMN = "hosting overhead"
 RESULTS_HEADER = [
     "scenario",
     "target",
@@ -85,14 +87,26 @@ def cpu_table(results: Doc, summary: Summary) -> Table:
         if "skipped" not in s and s["cpu_ms"]
     ]
     shown = [k for k in COMPONENTS if k not in OPTIONAL or any(k in s["cpu_ms"] for s in measured)]
+    # The app's own cost and what hosting adds to it, beside the Python server they split.
+    floor = any(s.get("app_ms") is not None for s in measured)
+    header = ["scenario", "target"]
+    for k in shown:
+        header.append(COMPONENTS[k])
+        if k == "server" and floor:
+            header += [APP_COLUMN, OVERHEAD_COLUMN]
     rows = []
     for scenario, per_target in summary.items():
         for target in results["targets"]:
             s = per_target.get(target["name"])
             if not s or "skipped" in s or not s["cpu_ms"]:
                 continue
-            rows.append([scenario, target["name"], *(span(s["cpu_ms"].get(k), 2) for k in shown)])
-    return Table(["scenario", "target", *(COMPONENTS[k] for k in shown)], rows)
+            row = [scenario, target["name"]]
+            for k in shown:
+                row.append(span(s["cpu_ms"].get(k), 2))
+                if k == "server" and floor:
+                    row += [num(s.get("app_ms"), 2), span(s.get("overhead_ms"), 2)]
+            rows.append(row)
+    return Table(header, rows)
 
 
 def server_runs(results: Doc) -> list[Doc]:

@@ -15,7 +15,7 @@ from loadtest.config import parse_config
 from loadtest.report import summary, tables
 from loadtest.report.format import DASH, TIMES
 from loadtest.steps import step_knee
-from loadtest.window import _bucket
+from loadtest.window import _bucket, _Tally
 
 
 def run(scenario, target, rnd, rps, p99=10.0, failures=0, processes=1):
@@ -93,6 +93,53 @@ def test_percentiles_and_buckets_follow_locusts_own_rule():
         assert [stats.percentile(times, q) for q in QS] == percentiles
 
 
+def test_the_windows_counts_give_the_percentiles_locusts_stats_give_for_the_same_requests():
+    """The whole path, per-process counts to report.md: each Locust process's window tally,
+    written as measure-*.json and added up by the runner, against Locust's own RequestStats
+    (what its HTML and CSV print) fed the same requests, two names and some failures."""
+    rng = random.Random(11)
+    trials = []
+    for _ in range(40):
+        n = rng.randint(1, 4000)
+        trials.append(
+            [
+                [rng.lognormvariate(3.5, 1.0), rng.random() < 0.02, rng.randrange(3)]
+                for _ in range(n)
+            ]
+        )
+    locust = subprocess.run(
+        [sys.executable, "-c", LOCUST_STATS],
+        input=json.dumps({"trials": trials, "qs": QS}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    expected = json.loads(locust.stdout)
+    for requests, locust_percentiles in zip(trials, expected, strict=True):
+        processes = [_Tally() for _ in range(3)]
+        for ms, failed, process in requests:
+            processes[process].add(ms, failed)
+        written = [json.loads(json.dumps(t.dump())) for t in processes]  # measure-*.json
+        window = stats.merge_times(written)
+        assert window["requests"] == len(requests)
+        assert [stats.percentile(window["times"], q) for q in QS] == locust_percentiles
+
+
+LOCUST_STATS = """
+import json, sys
+from locust.stats import RequestStats
+job = json.load(sys.stdin)
+out = []
+for requests in job["trials"]:
+    stats = RequestStats()
+    for i, (ms, failed, _process) in enumerate(requests):
+        name = "/bench/json" if i % 2 else "/api/posts"
+        stats.log_request("GET", name, ms, 0)
+        if failed:
+            stats.log_error("GET", name, "failed")
+    out.append([stats.total.get_response_time_percentile(q) for q in job["qs"]])
+print(json.dumps(out))
+"""
 QS = [0.5, 0.9, 0.95, 0.99, 0.999]
 LOCUST_RULE = """
 import json, sys
