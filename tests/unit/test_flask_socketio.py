@@ -473,3 +473,10 @@ def test_a_foreign_async_mode_is_named():
     socketio.server_options["async_mode"] = "eventlet"
     ((option, why),) = sioapp.unsupported_options(socketio)
     assert option == "async_mode" and "eventlet" in why
+
+
+def test_a_path_of_its_own_is_named():
+    app = Flask(__name__)
+    socketio = SocketIO(app, path="/chat.io")
+    ((option, why),) = sioapp.unsupported_options(socketio)
+    assert option == "path" and "/chat.io/" in why

@@ -38,7 +38,6 @@ PATH = "socket.io"  # the one socket.io path the host serves (nginx routes /sock
 IGNORED_OPTIONS = {
     "message_queue": "replicas already share emits, rooms and disconnects through Postgres "
     "NOTIFY; no broker is needed",
-    "channel": "the stack's own NOTIFY channel is used",
     "client_manager": "the stack's Postgres manager is used",
     "async_mode": "handlers run on the host's threads (APP_THREADS), as in threading mode",
     "cors_allowed_origins": "origins are the stack's: CORS_ORIGINS plus the page's own",
