@@ -231,7 +231,7 @@ $(COMPOSE_V2): requirements/compose-v2.txt
 	rm -rf build/compose-v2
 	$@ version
 
-# Suites that start stacks of their own (compose versions, ACME, the example app) run in a
+# Suites that start stacks of their own (compose versions, ACME, the example apps) run in a
 # second pytest beside the ones on the shared test stack: much of their time is waiting for
 # containers, so two cores carry both.
 E2E_BESIDE := tests/e2e/test_compose.py tests/e2e/test_acme.py tests/e2e/test_example_app.py \

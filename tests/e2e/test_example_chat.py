@@ -234,7 +234,7 @@ def test_a_polling_client_and_a_websocket_client_talk(chat):
         assert socket.next("chat") == {"username": "poller", "text": "p"}
         ack = socket.client.call("chat", {"username": "socket", "room": where, "text": "w"})
         assert ack == "delivered"
-        assert poller.next("chat") == {"username": "socket", "text": "w"}
+        assert poller.next("chat", {"username": "socket", "text": "w"})  # after its own
     finally:
         poller.close()
         socket.close()

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import queue
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -202,7 +203,13 @@ class Host:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.stop)
+        async def cancel() -> None:
+            self.server.stop()
+            for task in asyncio.all_tasks():  # the manager's listener, among others
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        self.on_loop(cancel())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.pool.shutdown(5)
@@ -480,3 +487,15 @@ def test_a_path_of_its_own_is_named():
     socketio = SocketIO(app, path="/chat.io")
     ((option, why),) = sioapp.unsupported_options(socketio)
     assert option == "path" and "/chat.io/" in why
+
+
+def test_the_host_runs_without_flask_socketio_installed():
+    """The host image does not carry flask-socketio: only an app that names it brings it."""
+    assert "flask-socketio" not in (ROOT / "deploy/tornado/requirements.lock").read_text()
+    code = (
+        "import sys; sys.modules['flask_socketio'] = None\n"  # any import of it now fails
+        "import flask, flaskstack.sio as s\n"
+        "assert s.attach(flask.Flask('x'), None, None) is None\n"
+    )
+    env = {"PYTHONPATH": str(ROOT / "deploy" / "tornado"), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
