@@ -499,3 +499,57 @@ def test_the_host_runs_without_flask_socketio_installed():
     )
     env = {"PYTHONPATH": str(ROOT / "deploy" / "tornado"), "PATH": "/usr/bin:/bin"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def refused_reason(url: str, auth: Any = None) -> Any:
+    """What a connection is refused with (connect_error's data), or None when accepted."""
+    client = socketio.Client(reconnection=False)
+    reasons: list[Any] = []
+    client.on("connect_error", reasons.append)
+    try:
+        client.connect(url, auth=auth, transports=["websocket"], wait_timeout=5)
+    except socketio.exceptions.ConnectionError:
+        return reasons[0] if reasons else "refused"
+    client.disconnect()
+    return None
+
+
+def test_a_connect_handler_that_raises_refuses_the_connection():
+    app = Flask(__name__)
+    ext = SocketIO(app)
+
+    @ext.on("connect")
+    def connect() -> None:
+        raise KeyError("token")
+
+    host = Host(app)
+    try:
+        assert refused_reason(host.url) is not None
+    finally:
+        host.stop()
+
+
+def test_without_a_connect_handler_of_the_apps_the_stacks_login_rule_holds():
+    app = Flask(__name__)
+    ext = SocketIO(app)
+
+    def authenticate(_app: Any, auth: Any) -> str:
+        if not auth or auth.get("token") != "good":
+            raise PermissionError("a valid token is required")
+        return "user:1"
+
+    app.extensions["events"] = SimpleNamespace(authenticate=authenticate)
+
+    @ext.on("where")
+    def where() -> list[str]:
+        return sorted(rooms())
+
+    host = Host(app)
+    try:
+        assert refused_reason(host.url) == {"message": "a valid token is required"}
+        c = Client(host.url, auth={"token": "good"})
+        assert "user:1" in c.call("where")  # the host put it in its user's room
+        c.close()
+        assert c.events.empty()  # and sent no event of its own (no hello): the names are the app's
+    finally:
+        host.stop()

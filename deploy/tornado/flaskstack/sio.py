@@ -276,9 +276,11 @@ class Server(socketio.AsyncServer):
     """python-socketio's server on Engine, closing a connection that sends a bad packet, and
     running a Flask-SocketIO app's handlers (sioapp.py) on the pool."""
 
-    app: AppServer | None = None  # the app's Flask-SocketIO handlers, when it has some
-    state: dict[str, bool] = {"draining": False}  # noqa: RUF012 (replaced by build())
-    counted: frozenset[str] = frozenset({"connect"})  # event names counted by their name
+    # Set by build(): the app's Flask-SocketIO handlers (when it has some), the replica's drain
+    # state, and the event names /metrics counts by name.
+    app: AppServer | None = None
+    state: dict[str, bool]
+    counted: frozenset[str] = frozenset({"connect"})
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return Engine

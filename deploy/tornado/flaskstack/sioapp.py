@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -143,12 +144,19 @@ class AppServer(socketio.Server):
     def __init__(
         self,
         ext: Any,
+        flask_app: Any,
         sio: socketio.AsyncServer,
         submit: Callable[[Callable[[], None]], None],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         old = ext.server
-        self.ext, self.sio, self.submit, self.loop = ext, sio, submit, loop
+        self.ext, self.flask_app, self.sio, self.submit, self.loop = (
+            ext,
+            flask_app,
+            sio,
+            submit,
+            loop,
+        )
         self.loop_thread = threading.get_ident()  # built on the IOLoop
         self.handlers = old.handlers
         self.namespace_handlers = old.namespace_handlers
@@ -189,6 +197,8 @@ class AppServer(socketio.Server):
         namespace_handler, _ = self._get_namespace_handler(namespace, ())
         if namespace_handler is None:
             return False
+        # Flask-SocketIO's Namespace routes an event to its on_<event> method; a subclass that
+        # overrides trigger_event may take any event.
         overridden = type(namespace_handler).trigger_event is not _namespace_trigger()
         return overridden or hasattr(namespace_handler, "on_" + event)
 
@@ -200,7 +210,7 @@ class AppServer(socketio.Server):
         if event == "connect" and len(args) >= 2:
             environ = args[1]
             if ENVIRON_KEY not in environ:
-                environ[ENVIRON_KEY] = flask_environ(environ, self.ext_app())
+                environ[ENVIRON_KEY] = flask_environ(environ, self.flask_app)
             args = (args[0], environ[ENVIRON_KEY], *args[2:])
         return await self.on_pool(self._trigger_event, event, namespace, *args)
 
@@ -223,12 +233,9 @@ class AppServer(socketio.Server):
         self.submit(job)
         return await done
 
-    def ext_app(self) -> Any:
-        return self._flask_app
-
-    def attach(self, flask_app: Any) -> None:
+    def attach(self) -> None:
         """Become the app's `socketio.server`."""
-        self._flask_app = flask_app
+        flask_app = self.flask_app
         self.ext.server = self
         self.ext.async_mode = self.async_mode
         middleware = getattr(self.ext, "sockio_mw", None)
@@ -340,7 +347,7 @@ class AppServer(socketio.Server):
         if environ is None:
             return None
         if ENVIRON_KEY not in environ:  # a connection the app's connect handler did not see
-            environ[ENVIRON_KEY] = flask_environ(environ, self.ext_app())
+            environ[ENVIRON_KEY] = flask_environ(environ, self.flask_app)
         return environ[ENVIRON_KEY]
 
     def transport(self, sid: str, namespace: str | None = None) -> str:
@@ -394,8 +401,9 @@ def _log_failure(future: Any) -> None:
         log.error("socket.io call failed", exc_info=future.exception())
 
 
+@functools.cache
 def _namespace_trigger() -> Any:
-    from flask_socketio import Namespace  # only when an app uses Flask-SocketIO
+    from flask_socketio import Namespace  # only for an app that uses it: not in the host image
 
     return Namespace.trigger_event
 
@@ -413,8 +421,8 @@ def attach(
         log.warning(
             "Flask-SocketIO option ignored on this stack", extra={"option": option, "why": why}
         )
-    app_server = AppServer(ext, sio, submit, asyncio.get_running_loop())
-    app_server.attach(wsgi_app)
+    app_server = AppServer(ext, wsgi_app, sio, submit, asyncio.get_running_loop())
+    app_server.attach()
     log.info(
         "serving the app's Flask-SocketIO handlers",
         extra={
