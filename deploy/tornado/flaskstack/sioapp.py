@@ -150,13 +150,8 @@ class AppServer(socketio.Server):
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         old = ext.server
-        self.ext, self.flask_app, self.sio, self.submit, self.loop = (
-            ext,
-            flask_app,
-            sio,
-            submit,
-            loop,
-        )
+        self.ext, self.flask_app, self.sio = ext, flask_app, sio
+        self.submit, self.loop = submit, loop
         self.loop_thread = threading.get_ident()  # built on the IOLoop
         self.handlers = old.handlers
         self.namespace_handlers = old.namespace_handlers
@@ -247,7 +242,8 @@ class AppServer(socketio.Server):
     # -- the server API, from the app's threads ------------------------------------------------
 
     def _run(self, coro: Any, wait: bool = True) -> Any:
-        """Run a coroutine of the AsyncServer on the IOLoop; from a thread, wait for it."""
+        """Run a coroutine of the AsyncServer on the IOLoop; from a thread, wait for it (on the
+        IOLoop itself, it is only scheduled: waiting there would block what it waits for)."""
         if threading.get_ident() == self.loop_thread:
             task = asyncio.ensure_future(coro)
             task.add_done_callback(_log_failure)
@@ -340,6 +336,8 @@ class AppServer(socketio.Server):
         self._run(self.sio.close_room(room, namespace=namespace))
 
     def rooms(self, sid: str, namespace: str | None = None) -> Any:
+        if threading.get_ident() == self.loop_thread:
+            return self.sio.rooms(sid, namespace=namespace)
         return self._run(_value(self.sio.rooms, sid, namespace=namespace))
 
     def get_environ(self, sid: str, namespace: str | None = None) -> Any:
