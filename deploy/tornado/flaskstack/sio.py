@@ -13,8 +13,12 @@ session still polling or upgrading, or one whose engine.io queue is not yet flus
 packet through that queue as python-socketio would send it. Per session, order is kept either
 way.
 
+A Flask-SocketIO app's handlers are served here too (sioapp.py): its events run on the pool,
+and what its code asks of `socketio.server` is done by this server, so across replicas.
+
 Connections authenticate with the API's JWT (the socket.io `auth` payload) and join their user's
-room; origins are CORS_ORIGINS plus the page's own. On drain every engine.io session is cut
+room, unless a Flask-SocketIO app has a connect handler of its own, which then decides; origins
+are CORS_ORIGINS plus the page's own. On drain every engine.io session is cut
 without socket.io's disconnect packet, which clients take as a transport loss: they reconnect,
 through nginx, to another replica.
 """
@@ -141,9 +145,10 @@ class ChannelManager(AsyncPubSubManager, DirectEmit):
     """python-socketio's pub/sub manager over Postgres LISTEN/NOTIFY.
 
     What this replica's server publishes goes out through `send` (a NOTIFY on the app's channel);
-    what other replicas publish comes back through feed(). `send` is None without Postgres: one
-    process, nobody else to tell. Local delivery (AsyncPubSubManager's `super().emit`) is
-    DirectEmit's: it comes after AsyncPubSubManager in this class's MRO.
+    what every replica publishes, this one's included, comes back through feed(). `send` is None
+    without Postgres: one process, and what it publishes goes straight back to its own feed().
+    Local delivery (AsyncPubSubManager's `super().emit`) is DirectEmit's: it comes after
+    AsyncPubSubManager in this class's MRO.
     """
 
     name = "postgres-notify"
@@ -321,7 +326,8 @@ class Server(socketio.AsyncServer):
         except Exception:
             # Flask-SocketIO has already given it to the app's on_error handler, if any. A
             # failed event gets no acknowledgement and its connection stays; a failed connect
-            # handler refuses the connection (it must not pass for the packet's fault).
+            # handler refuses the connection. Nothing goes further up: a ValueError reaching
+            # _handle_eio_message would be taken for a bad packet and close the connection.
             log.exception(
                 "socket.io handler failed", extra={"event": event, "namespace": namespace}
             )
