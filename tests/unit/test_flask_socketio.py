@@ -31,6 +31,7 @@ from flask_socketio import (
     ConnectionRefusedError,
     Namespace,
     SocketIO,
+    call,
     close_room,
     disconnect,
     emit,
@@ -132,6 +133,10 @@ def make_app(**options: Any) -> tuple[Flask, SocketIO]:
         socketio.sleep(0)
         return "asked"
 
+    @socketio.on("poll")
+    def poll() -> Any:
+        return call("question", "sure?")  # waits for the client's answer
+
     @socketio.on("boom")
     def boom() -> None:
         raise RuntimeError("boom")
@@ -150,6 +155,13 @@ def make_app(**options: Any) -> tuple[Flask, SocketIO]:
 
         def on_fail(self) -> None:
             raise ValueError("fail")
+
+        def on_remember(self, value: Any) -> None:
+            self.save_session(request.sid, {"value": value})
+
+        def on_recall(self) -> Any:
+            with self.session(request.sid) as saved:
+                return saved["value"]
 
     socketio.on_namespace(Chat("/chat"))
 
@@ -383,9 +395,7 @@ def test_broadcast_send_and_json_reach_everyone(chat, clients):
 def test_close_room_empties_it(chat, clients):
     a = clients()
     a.call("join", "gone")
-    a.client.emit("close", "gone")
-    a.call("say", {"text": "marker", "room": a.sid})
-    a.next("said")
+    a.call("close", "gone")  # events run side by side: wait for this one's acknowledgement
     assert chat.host.on_loop(rooms_of(chat.host, a.sid)) == [a.sid]
 
 
@@ -415,6 +425,10 @@ def test_a_server_callback_runs_in_the_callers_context_and_a_background_task_on_
     assert sid == c.sid and args == ["yes to really?"]
 
 
+def test_call_from_a_handler_waits_for_the_clients_answer(chat, clients):
+    assert clients().call("poll") == "yes to sure?"
+
+
 def test_an_error_reaches_on_error_default_and_the_connection_stays(chat, clients):
     c = clients()
     assert c.call("boom") == {"error": "RuntimeError", "event": "boom"}
@@ -428,6 +442,8 @@ def test_a_class_based_namespace_and_its_error_handler(chat, clients):
     assert c.call("hello", 5, namespace="/chat") == {"ns": "/chat", "data": 5}
     assert c.next("/chat:hi") == 5
     assert c.call("fail", namespace="/chat") == "chat: fail"
+    c.call("remember", 7, namespace="/chat")  # python-socketio's session, per namespace
+    assert c.call("recall", namespace="/chat") == 7
     lib = library_client(namespace="/chat")
     assert lib.emit("fail", callback=True, namespace="/chat") == "chat: fail"
 
