@@ -26,6 +26,7 @@ import pytest
 import socketio
 import tornado.httpserver
 import tornado.web
+import tornado.websocket
 from flask import Flask, request, session
 from flask_socketio import (
     ConnectionRefusedError,
@@ -569,3 +570,21 @@ def test_without_a_connect_handler_of_the_apps_the_stacks_login_rule_holds():
         assert c.events.empty()  # and sent no event of its own (no hello): the names are the app's
     finally:
         host.stop()
+
+
+def test_a_bad_packet_closes_its_connection_only(chat, clients):
+    bystander = clients()
+    url = chat.host.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+
+    async def misbehave() -> bool:
+        ws = await tornado.websocket.websocket_connect(url)
+        assert (await ws.read_message()).startswith("0{")  # engine.io's open packet
+        ws.write_message("40")
+        assert (await ws.read_message()).startswith("40{")  # connected: the app accepted it
+        ws.write_message("42[unclosed")  # an event no decoder accepts
+        while (message := await ws.read_message()) is not None:
+            pass  # engine.io's close packet, then the end
+        return message is None
+
+    assert asyncio.run(asyncio.wait_for(misbehave(), 10))
+    assert bystander.call("echo", "still here")[0] == "still here"
