@@ -582,8 +582,11 @@ def test_a_bad_packet_closes_its_connection_only(chat, clients):
         ws.write_message("40")
         assert (await ws.read_message()).startswith("40{")  # connected: the app accepted it
         ws.write_message("42[unclosed")  # an event no decoder accepts
-        while (message := await ws.read_message()) is not None:
-            pass  # engine.io's close packet, then the end
+        try:
+            while (message := await ws.read_message()) is not None:
+                pass  # engine.io's close packet, then the end
+        finally:
+            ws.close()
         return message is None
 
     assert asyncio.run(asyncio.wait_for(misbehave(), 10))
