@@ -231,10 +231,11 @@ $(COMPOSE_V2): requirements/compose-v2.txt
 	rm -rf build/compose-v2
 	$@ version
 
-# Suites that start stacks of their own (compose versions, ACME, the example app) run in a
+# Suites that start stacks of their own (compose versions, ACME, the example apps) run in a
 # second pytest beside the ones on the shared test stack: much of their time is waiting for
 # containers, so two cores carry both.
-E2E_BESIDE := tests/e2e/test_compose.py tests/e2e/test_acme.py tests/e2e/test_example_app.py
+E2E_BESIDE := tests/e2e/test_compose.py tests/e2e/test_acme.py tests/e2e/test_example_app.py \
+  tests/e2e/test_example_chat.py
 
 .PHONY: test-e2e
 test-e2e: venv images compose-v2 ## End-to-end tests against a test stack on ports 18080/15000, then tear it down

@@ -140,7 +140,9 @@ async def main() -> None:
     target = listen_target(wsgi_app)
     notifier = socketio_host.Notifier(*target) if target else None
     channel = target[1] if target else "in-process"
-    sio, sio_handler = socketio_host.build(wsgi_app, settings.origins, state, notifier, channel)
+    sio, sio_handler = socketio_host.build(
+        wsgi_app, settings.origins, state, notifier, channel, pool.submit
+    )
     native = tornado.web.Application(
         [
             (r"/healthz", HealthHandler, {"state": state}),

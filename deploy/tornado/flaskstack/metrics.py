@@ -4,6 +4,7 @@ One process per container, so prometheus_client's default registry is the whole 
 multiprocess mode). It holds:
 - what the host counts per request, on the pool thread that ran it (`RequestMetrics`): a
   counter and a latency histogram by Flask's route template, method and status class;
+- socket.io connects and events received, by the app's event names (`SOCKETIO_EVENTS`);
 - what it reads only when scraped (`HostCollector`): the pool, requests in flight and waiting
   for a thread, the app's SQLAlchemy pools, /ws and socket.io clients, the NOTIFY listener and
   the drain state;
@@ -30,6 +31,16 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"  # no route matched (404, or a request refused before routing)
 
+
+# socket.io packets from clients, counted on the IOLoop as they arrive (sio.py): connects, and
+# events by name. Only the names the app registered handlers for are labels of their own, the
+# rest are "other", so clients cannot grow the series.
+SOCKETIO_EVENTS = Counter(
+    "flaskstack_socketio_events",
+    "socket.io connects and events received from clients, by event name (unregistered: other).",
+    ["event"],
+    registry=REGISTRY,
+)
 
 ROUTE_KEY = "flaskstack.route"  # the environ key where a Flask app leaves its request's rule
 

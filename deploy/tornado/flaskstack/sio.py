@@ -13,8 +13,12 @@ session still polling or upgrading, or one whose engine.io queue is not yet flus
 packet through that queue as python-socketio would send it. Per session, order is kept either
 way.
 
+A Flask-SocketIO app's handlers are served here too (sioapp.py): its events run on the pool,
+and what its code asks of `socketio.server` is done by this server, so across replicas.
+
 Connections authenticate with the API's JWT (the socket.io `auth` payload) and join their user's
-room; origins are CORS_ORIGINS plus the page's own. On drain every engine.io session is cut
+room, unless a Flask-SocketIO app has a connect handler of its own, which then decides; origins
+are CORS_ORIGINS plus the page's own. On drain every engine.io session is cut
 without socket.io's disconnect packet, which clients take as a transport loss: they reconnect,
 through nginx, to another replica.
 """
@@ -39,6 +43,7 @@ from socketio.async_pubsub_manager import AsyncPubSubManager
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamBufferFullError
 
+from . import metrics
 from .contract import current_request_id, error_envelope, new_request_id, sane_request_id
 from .realtime import (
     MAX_CLIENT_BUFFER,
@@ -49,6 +54,7 @@ from .realtime import (
     open_stream,
     text_frame,
 )
+from .sioapp import AppServer, attach
 from .wsgi import REPLICA
 
 log = logging.getLogger("host")
@@ -139,9 +145,10 @@ class ChannelManager(AsyncPubSubManager, DirectEmit):
     """python-socketio's pub/sub manager over Postgres LISTEN/NOTIFY.
 
     What this replica's server publishes goes out through `send` (a NOTIFY on the app's channel);
-    what other replicas publish comes back through feed(). `send` is None without Postgres: one
-    process, nobody else to tell. Local delivery (AsyncPubSubManager's `super().emit`) is
-    DirectEmit's: it comes after AsyncPubSubManager in this class's MRO.
+    what every replica publishes, this one's included, comes back through feed(). `send` is None
+    without Postgres: one process, and what it publishes goes straight back to its own feed().
+    Local delivery (AsyncPubSubManager's `super().emit`) is DirectEmit's: it comes after
+    AsyncPubSubManager in this class's MRO.
     """
 
     name = "postgres-notify"
@@ -153,6 +160,10 @@ class ChannelManager(AsyncPubSubManager, DirectEmit):
 
     async def _publish(self, data: dict[str, Any]) -> None:
         if self.send is None:
+            # One process: what a broker would echo back to every server, this one included,
+            # goes straight to this server's listener (python-socketio's pub/sub managers
+            # deliver locally only what they hear back).
+            self.feed(data)
             return
         payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
         size = len(payload.encode("utf-8"))
@@ -267,7 +278,14 @@ class Engine(engineio.AsyncServer):
 
 
 class Server(socketio.AsyncServer):
-    """python-socketio's server on Engine, closing a connection that sends a bad packet."""
+    """python-socketio's server on Engine, closing a connection that sends a bad packet, and
+    running a Flask-SocketIO app's handlers (sioapp.py) on the pool."""
+
+    # Set by build(): the app's Flask-SocketIO handlers (when it has some), the replica's drain
+    # state, and the event names /metrics counts by name.
+    app: AppServer | None = None
+    state: dict[str, bool]
+    counted: frozenset[str] = frozenset({"connect"})
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return Engine
@@ -282,6 +300,40 @@ class Server(socketio.AsyncServer):
             sock = self.eio.sockets.get(eio_sid)
             if sock is not None:
                 await end_session(sock)  # engine.io's close packet, then the transport ends
+
+    async def _handle_connect(self, eio_sid: str, namespace: str, data: Any) -> None:
+        metrics.SOCKETIO_EVENTS.labels(event="connect").inc()
+        await super()._handle_connect(eio_sid, namespace, data)
+
+    async def _handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
+        event = data[0] if isinstance(data, list) and data else None
+        # Only names the app registered get a label of their own: a client cannot grow the
+        # metric's series by sending made-up names.
+        name = event if isinstance(event, str) and event in self.counted else "other"
+        metrics.SOCKETIO_EVENTS.labels(event=name).inc()
+        await super()._handle_event(eio_sid, namespace, id, data)
+
+    async def _trigger_event(self, event: str, namespace: str, *args: Any) -> Any:
+        if event == "connect" and self.state["draining"]:
+            raise socketio.exceptions.ConnectionRefusedError("server shutting down")
+        app = self.app
+        if app is None or not app.handles(event, namespace):
+            return await super()._trigger_event(event, namespace, *args)
+        try:
+            return await app.trigger(event, namespace, *args)
+        except (socketio.exceptions.ConnectionRefusedError, ConnectionRefusedError):
+            raise  # the app refused the connection: python-socketio tells the client why
+        except Exception:
+            # Flask-SocketIO has already given it to the app's on_error handler, if any. A
+            # failed event gets no acknowledgement and its connection stays; a failed connect
+            # handler refuses the connection. Nothing goes further up: a ValueError reaching
+            # _handle_eio_message would be taken for a bad packet and close the connection.
+            log.exception(
+                "socket.io handler failed", extra={"event": event, "namespace": namespace}
+            )
+            if event == "connect":
+                return False
+            return self.not_handled
 
 
 def allowed_origin(origins: frozenset[str]) -> Callable[[str, dict[str, Any]], bool]:
@@ -309,8 +361,12 @@ def build(
     state: dict[str, bool],
     send: Callable[[str], Awaitable[None]] | None,
     channel: str,
+    submit: Callable[[Callable[[], None]], None] | None = None,
 ) -> tuple[socketio.AsyncServer, type[tornado.web.RequestHandler]]:
-    """The socket.io server and the Tornado handler that serves /socket.io/."""
+    """The socket.io server and the Tornado handler that serves /socket.io/.
+
+    `submit` runs a job on the replica's pool: a Flask-SocketIO app's handlers run there.
+    """
     sio = Server(
         async_mode="tornado",
         client_manager=ChannelManager(send, channel),
@@ -328,15 +384,24 @@ def build(
     # would otherwise wait in its inbox and reach clients that connected after them.
     sio.manager_initialized = True
     sio.manager.initialize()
+    sio.state = state
+    if submit is not None:
+        sio.app = attach(wsgi_app, sio, submit)
+    if sio.app is not None:
+        sio.counted = frozenset({"connect", *sio.app.event_names()})
+        # The app's namespaces are accepted; those without a connect handler of the app's
+        # accept every client, as python-socketio does.
+        namespaces = sio.app.served_namespaces()
+        sio.namespaces = "*" if "*" in namespaces else sorted({"/", *namespaces})
     bus = getattr(wsgi_app, "extensions", {}).get("events")
     authenticate = getattr(bus, "authenticate", None)
-    if authenticate is None:
+    if authenticate is None and sio.app is None:
         log.info("the app has no realtime authenticate(): socket.io clients get broadcasts only")
 
     @sio.on("connect")
     async def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
-        if state["draining"]:
-            raise socketio.exceptions.ConnectionRefusedError("server shutting down")
+        # Reached only when the app has no connect handler of its own for "/" (Server's
+        # _trigger_event gives the event to the app's when it has one), and not draining.
         if authenticate is not None:
             loop = asyncio.get_running_loop()
             try:
@@ -349,6 +414,8 @@ def build(
                     "login cannot be checked right now; retry"
                 ) from None
             await sio.enter_room(sid, room)
+        if sio.app is not None:
+            return  # the app's clients get only the app's events: its names are its own
         # Which replica holds the session, as /ws says in its hello; to this socket alone.
         hello = {"type": "hello", "replica": REPLICA}
         await sio.emit("hello", hello, to=sid, ignore_queue=True)
