@@ -162,10 +162,10 @@ async def main() -> None:
     metrics.keep_flask_routes()
     counted = metrics.RequestMetrics(metrics.REGISTRY)
     wsgi = WSGIPath(wsgi_app, pool, native, settings.max_body, settings.access_log, counted)
-    # xheaders: the one layer that trusts proxy headers (nginx overwrites all of them).
+    # The one layer that trusts proxy headers (nginx overwrites all of them): WSGIPath reads the
+    # client's address and scheme from them (wsgi.forwarded), for the app and the native paths.
     server = tornado.httpserver.HTTPServer(
         wsgi,
-        xheaders=True,
         max_body_size=settings.max_body,
         idle_connection_timeout=settings.idle_timeout,
         body_timeout=60,
