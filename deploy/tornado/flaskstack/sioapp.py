@@ -102,7 +102,7 @@ def flask_environ(environ: dict[str, Any], flask_app: Any) -> dict[str, Any]:
     """The WSGI environ Flask-SocketIO builds its request contexts from, for one connection.
 
     engine.io's Tornado driver gives 127.0.0.1 as the client's address and no server name; the
-    request it was made from knows both (nginx's headers, trusted by the host's xheaders). It
+    request it was made from knows both (nginx's headers, which the host trusts: wsgi.forwarded). It
     has the cookies and headers of the connection's first request, as under Flask-SocketIO's
     own servers.
     """
