@@ -102,9 +102,9 @@ def flask_environ(environ: dict[str, Any], flask_app: Any) -> dict[str, Any]:
     """The WSGI environ Flask-SocketIO builds its request contexts from, for one connection.
 
     engine.io's Tornado driver gives 127.0.0.1 as the client's address and no server name; the
-    request it was made from knows both (nginx's headers, which the host trusts: wsgi.forwarded). It
-    has the cookies and headers of the connection's first request, as under Flask-SocketIO's
-    own servers.
+    request it was made from knows both (from nginx's headers, which the host trusts: see
+    wsgi.forwarded). It has the cookies and headers of the connection's first request, as under
+    Flask-SocketIO's own servers.
     """
     out = {k: v for k, v in environ.items() if k.startswith("HTTP_") or k.isupper()}
     request = getattr(environ.get("tornado.handler"), "request", None)
