@@ -5,7 +5,8 @@ at 15,000 messages a second that is the clients', not the server's, CPU being me
 is an asyncio Protocol that parses every frame of a TCP read in one call and stamps them with
 one clock reading, the time they arrived. It speaks what the receivers need and nothing more:
 the opening handshake, text frames from the server (unfragmented: the host never fragments),
-masked text frames to it, pong for ping, close.
+masked text frames to it, pong for ping, close. `upgrade_request` and `parse_frames` are also
+what loadtest/sioclient.py, the blocking socket.io client of Locust users, speaks with.
 """
 
 from __future__ import annotations
@@ -36,15 +37,42 @@ def mask_frame(data: bytes, opcode: int = 0x1) -> bytes:
     return head + mask + body
 
 
+def upgrade_request(host: str, path: str) -> bytes:
+    """The opening handshake's request (RFC 6455 4.1) for `path` on `host`."""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
+    ).encode()
+
+
+def parse_frames(buf: bytearray | bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """The complete server frames at the start of `buf`, as (opcode, payload), and the bytes they
+    took; a frame not yet whole stays for the next read. Server frames are never masked."""
+    frames: list[tuple[int, bytes]] = []
+    at, size = 0, len(buf)
+    while size - at >= 2:
+        opcode, length, head = buf[at] & 0x0F, buf[at + 1] & 0x7F, 2
+        if length == 126:
+            if size - at < 4:
+                break
+            length, head = int.from_bytes(buf[at + 2 : at + 4], "big"), 4
+        elif length == 127:
+            if size - at < 10:
+                break
+            length, head = int.from_bytes(buf[at + 2 : at + 10], "big"), 10
+        if size - at < head + length:
+            break
+        frames.append((opcode, bytes(buf[at + head : at + head + length])))
+        at += head + length
+    return frames, at
+
+
 class FrameClient(asyncio.Protocol):
     """One websocket connection; `on_text` gets each text message as it is parsed."""
 
     def __init__(self, host: str, path: str, on_text: OnText) -> None:
-        self.request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
-        ).encode()
+        self.request = upgrade_request(host, path)
         self.on_text = on_text
         self.buffer = bytearray()
         self.upgraded = False
@@ -73,28 +101,15 @@ class FrameClient(asyncio.Protocol):
         self._frames(time.time())
 
     def _frames(self, now: float) -> None:
-        buf, at, size = self.buffer, 0, len(self.buffer)
-        while size - at >= 2:
-            opcode, length, head = buf[at] & 0x0F, buf[at + 1] & 0x7F, 2
-            if length == 126:
-                if size - at < 4:
-                    break
-                length, head = int.from_bytes(buf[at + 2 : at + 4], "big"), 4
-            elif length == 127:
-                if size - at < 10:
-                    break
-                length, head = int.from_bytes(buf[at + 2 : at + 10], "big"), 10
-            if size - at < head + length:
-                break
-            payload = bytes(buf[at + head : at + head + length])
-            at += head + length
+        frames, used = parse_frames(self.buffer)
+        del self.buffer[:used]
+        for opcode, payload in frames:
             if opcode == 0x1:
                 self.on_text(payload.decode("utf-8"), now)
             elif opcode == 0x9:  # ping: answer with its payload
                 self.write(mask_frame(payload, 0xA))
             elif opcode == 0x8:  # close: the server is done
                 self.close()
-        del buf[:at]
 
     def write(self, frame: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
