@@ -16,7 +16,7 @@ from typing import Any
 from loadtest.cgroups import CGROUP_ROOT, Cgroups, ContainerSampler, compose_containers
 from loadtest.config import HERE, LOCUSTFILE, Config
 from loadtest.processes import ProcessTreeSampler
-from loadtest.results import Docker, Measurement
+from loadtest.results import Docker, Measurement, NameFigures
 from loadtest.stats import Tally, merge_seconds, merge_times, percentile
 
 STEPFILE = HERE / "stepload.py"
@@ -218,6 +218,9 @@ class Driver:
             containers=containers.peaks,
             log=log_path.name,
         )
+        names = by_name(measured, duration)
+        if len(names) > 1:
+            measurement.by_name = names
         unread = sorted(set(self.containers) - container_cpu.keys())
         if unread:  # gone or replaced during the run: its CPU is missing from the figures
             measurement.containers_unread = unread
@@ -225,3 +228,20 @@ class Driver:
             tail = log_path.read_text()[-2000:]
             measurement.error = f"Locust wrote no measurements (exit {code}); log tail:\n{tail}"
         return measurement, measured
+
+
+def by_name(measured: list[dict[str, Any]], duration: float) -> dict[str, NameFigures]:
+    """The window's requests per Locust request name, added up over the processes."""
+    names = sorted({name for m in measured for name in m.get("names", {})})
+    out: dict[str, NameFigures] = {}
+    for name in names:
+        t = merge_times(m["names"][name] for m in measured if name in m.get("names", {}))
+        out[name] = {
+            "rps": round((t["requests"] - t["failures"]) / duration, 1) if duration else 0.0,
+            "requests": t["requests"],
+            "failures": t["failures"],
+            "p50": percentile(t["times"], 0.50),
+            "p95": percentile(t["times"], 0.95),
+            "p99": percentile(t["times"], 0.99),
+        }
+    return out

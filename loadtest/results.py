@@ -30,6 +30,17 @@ class StepFigures(TypedDict):
     failures: int
 
 
+class NameFigures(TypedDict):
+    """The window's requests of one Locust request name."""
+
+    rps: float  # successful ones ÷ the window's length
+    requests: int
+    failures: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
 class Knee(TypedDict):
     users: int
     why: str
@@ -91,6 +102,9 @@ class Measurement(Record):
     containers: dict[str, Peak]
     log: str
     containers_unread: list[str] | None = None  # gone or recreated during the run
+    # The window by Locust request name, when a scenario fires more than one (a socket.io
+    # locustfile's events in and out, say).
+    by_name: dict[str, NameFigures] | None = None
     error: str | None = None
 
 

@@ -3,9 +3,10 @@
 Locust's own --reset-stats is exact in one process but not with --processes: the master
 merges worker deltas whose start times predate the reset, which can stretch the measured
 interval by up to one worker report (3 s) and understate requests/s. So each process also
-counts, itself, the requests that complete inside one fixed window after the warm-up (and, for
-the step shape, per second of the run), and writes them to LOADTEST_MEASURE_DIR when it stops;
-loadtest/driver.py adds the processes up. Locust's CSV and HTML stay as they are.
+counts, itself, the requests that complete inside one fixed window after the warm-up (also by
+request name, and, for the step shape, per second of the run), and writes them to
+LOADTEST_MEASURE_DIR when it stops; loadtest/driver.py adds the processes up. Locust's CSV
+and HTML stay as they are.
 `attach` hands a `Window`'s methods to Locust's events: locustfile.py calls it, and so does
 measure.py, which the runner loads beside your own locustfile (LOCUSTFILE).
 """
@@ -60,6 +61,7 @@ class Window:
         self.t0 = 0.0
         self.whole = _Tally()
         self.window = _Tally()
+        self.names: dict[str, _Tally] = {}  # the window's requests by their Locust name
         self.seconds: dict[int, _Tally] = {}
         self.errors: dict[str, int] = {}
         self.written = False
@@ -85,6 +87,7 @@ class Window:
         since = now - self.t0
         if self.duration and self.warmup <= since < self.warmup + self.duration:
             self.window.add(response_time, failed)
+            self.names.setdefault(name, _Tally()).add(response_time, failed)
         if self.per_second:
             self.seconds.setdefault(int(since), _Tally()).add(response_time, failed)
 
@@ -99,6 +102,7 @@ class Window:
             "duration": self.duration,
             "whole": self.whole.dump(),
             "window": self.window.dump(),
+            "names": {k: v.dump() for k, v in self.names.items()},
             "seconds": {str(k): v.dump() for k, v in sorted(self.seconds.items())},
             "errors": self.errors,
         }

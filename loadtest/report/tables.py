@@ -77,6 +77,41 @@ def table_rows(results: Doc, summary: Summary) -> list[list[str]]:
     return rows
 
 
+def names_table(results: Doc) -> Table | None:
+    """Per scenario, target and Locust request name, when a scenario fired more than one: the
+    window's requests/s and percentiles, median over rounds, and its failures."""
+    groups: dict[tuple[str, str, str], list[Doc]] = {}
+    for run in results.get("runs", []):
+        for name, figures in (run.get("by_name") or {}).items():
+            groups.setdefault((run["scenario"], run["target"], name), []).append(figures)
+    if not groups:
+        return None
+    order = {t["name"]: i for i, t in enumerate(results["targets"])}
+    rows = []
+    for (scenario, target, name), runs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][2])
+    ):
+
+        def med(key: str, runs: list[Doc] = runs) -> str:
+            mmm = median_min_max(r[key] for r in runs)
+            return fmt_ms(mmm and mmm[0])
+
+        rows.append(
+            [
+                scenario,
+                target,
+                name,
+                span(median_min_max(r["rps"] for r in runs), 1),
+                med("p50"),
+                med("p95"),
+                med("p99"),
+                f"{sum(r['failures'] for r in runs):,}",
+            ]
+        )
+    header = ["scenario", "target", "name", "per s", "p50 ms", "p95 ms", "p99 ms", "failures"]
+    return Table(header, rows)
+
+
 def cpu_table(results: Doc, summary: Summary) -> Table:
     """Where one request's CPU goes, per component, for every scenario and target; an OPTIONAL
     component's column only when some run measured it."""

@@ -20,6 +20,7 @@ from loadtest.report.tables import (
     idle_table,
     knee_table,
     loaded_table,
+    names_table,
     server_runs,
     server_table,
     step_table,
@@ -84,6 +85,7 @@ class Report:
     stack_url: str
     baseline_url: str
     results: Table | None
+    names: Table | None  # by Locust request name, when a scenario fires several
     step_load: StepLoad | None
     server: ServerLatency | None
     budgets: Table | None
@@ -111,6 +113,7 @@ def build(out_dir: Path, results: Doc, summary: Summary) -> Report:
         stack_url=_url(results, "stack"),
         baseline_url=_url(results, BASELINE),
         results=Table(RESULTS_HEADER, table_rows(results, summary)) if summary else None,
+        names=names_table(results),
         step_load=_step_load(results),
         server=_server(results, summary),
         budgets=budgets if summary or budgets.rows else None,
