@@ -109,3 +109,4 @@ def test_the_report_names_the_locustfile(tmp_path, monkeypatch):
     assert f"LOCUSTFILE={EXAMPLE_LOCUSTFILE} SCENARIOS=PageUser,StaticUser" in text
     assert "| PageUser | stack |" in text and "| StaticUser | builtin |" in text
     assert "`api` users take accounts" not in text
+    assert "50 concurrent users paced as your locustfile's user classes say" in text
