@@ -92,7 +92,10 @@ class Acks:
 
 
 class Connection:
-    """One socket.io connection over a websocket; `open` it, then `emit` and read `packets`."""
+    """One socket.io connection over a websocket; `open` it, then `emit` and read `packets`.
+
+    Every read times out after `timeout` seconds until `hold` is called, so a set-up that the
+    server never answers fails instead of waiting for ever."""
 
     def __init__(self, url: str, timeout: float = 10) -> None:
         parts = urlsplit(url)
@@ -143,11 +146,14 @@ class Connection:
             if text.startswith("0{"):  # engine.io open
                 self.send("40" + (json.dumps(auth) if auth else ""))
             elif text.startswith("40"):
-                self.sock.settimeout(None)  # from here a read waits as long as the server is quiet
                 return json.loads(text[2:] or "{}").get("sid", "")
             elif text.startswith("44"):
                 raise ConnectionRefusedError(text[2:])
         raise ConnectionError("closed before the namespace was connected")
+
+    def hold(self) -> None:
+        """From here a read waits as long as the server stays quiet (until now: `timeout`)."""
+        self.sock.settimeout(None)
 
     def packets(self) -> Iterator[Packet]:
         """Events and acknowledgements as they arrive, until the connection ends."""
