@@ -125,6 +125,15 @@ def _contains(data: Any, match: dict[str, Any]) -> bool:
     return True
 
 
+def leave(client: socketio.Client) -> None:
+    """Disconnect without waiting for a pending long-poll (it would end at the next ping)."""
+    if client.connected:
+        for namespace in list(client.namespaces):
+            goodbye = client.packet_class(socketio.packet.DISCONNECT, namespace=namespace)
+            client._send_packet(goodbye)
+    client.eio.disconnect(abort=True)
+
+
 def close_all(listeners: list[Listener]) -> None:
     """Disconnect in parallel: a polling client's disconnect waits for its pending long-poll."""
     threads = [threading.Thread(target=lst.close) for lst in listeners]

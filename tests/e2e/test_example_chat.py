@@ -26,6 +26,7 @@ import pytest
 import requests
 import socketio
 
+from tests.sioclient import leave
 from tests.support import ROOT, free_port, run, stack
 
 from .test_example_app import INHERITED, make, readme_env_lines
@@ -115,13 +116,7 @@ class Client:
         raise AssertionError(f"no {event} {data or ''} within {timeout} s: {self.seen}")
 
     def close(self) -> None:
-        """Say goodbye without waiting for a pending long-poll (it ends at the next ping)."""
-        if self.client.connected:
-            for namespace in list(self.client.namespaces):
-                self.client._send_packet(
-                    self.client.packet_class(socketio.packet.DISCONNECT, namespace=namespace)
-                )
-        self.client.eio.disconnect(abort=True)
+        leave(self.client)
 
 
 def on_replicas(url: str, n: int, transport: str = "websocket", **kw: Any) -> list[Client]:

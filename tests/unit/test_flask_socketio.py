@@ -42,6 +42,7 @@ from flask_socketio import (
     send,
 )
 
+from tests.sioclient import leave
 from tests.support import ROOT
 
 sys.path.insert(0, str(ROOT / "deploy" / "tornado"))
@@ -270,13 +271,7 @@ class Client:
         raise AssertionError(f"no {event} within {timeout} s (got {skipped})")
 
     def close(self) -> None:
-        """Leave without waiting for a pending long-poll (it would end at the next ping)."""
-        if self.client.connected:
-            for namespace in list(self.client.namespaces):
-                self.client._send_packet(
-                    self.client.packet_class(socketio.packet.DISCONNECT, namespace=namespace)
-                )
-        self.client.eio.disconnect(abort=True)
+        leave(self.client)
 
 
 @pytest.fixture
