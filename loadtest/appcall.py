@@ -136,7 +136,7 @@ class Bench:
 
 
 def multipart(field: str, filename: str, content: bytes, content_type: str) -> tuple[bytes, str]:
-    """A one-file multipart/form-data body and its Content-Type, as the locustfile sends it."""
+    """A one-file multipart/form-data body and its Content-Type (the locustfile's uploads too)."""
     boundary = uuid.uuid4().hex
     body = b"".join(
         [

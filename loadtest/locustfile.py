@@ -23,6 +23,7 @@ from collections import deque
 
 from locust import FastHttpUser, constant, events, task
 
+from loadtest.appcall import multipart
 from loadtest.window import attach as attach_window
 
 # A request that takes longer than this is a failure, so a stalled server cannot hold a
@@ -116,20 +117,6 @@ def _post_ids(payload: object) -> tuple[list[int], int | None]:
         else []
     )
     return ids, total
-
-
-def _multipart(field: str, filename: str, content: bytes, content_type: str) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = b"".join(
-        [
-            f"--{boundary}\r\n".encode(),
-            f'Content-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'.encode(),
-            f"Content-Type: {content_type}\r\n\r\n".encode(),
-            content,
-            f"\r\n--{boundary}--\r\n".encode(),
-        ]
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
 class ApiUser(FastHttpUser):
@@ -244,7 +231,7 @@ class ApiUser(FastHttpUser):
     def upload(self) -> None:
         """Upload a small text file as multipart field `file`."""
         content = (f"loadtest {uuid.uuid4().hex}\n" * 64).encode()
-        body, content_type = _multipart("file", "notes.txt", content, "text/plain")
+        body, content_type = multipart("file", "notes.txt", content, "text/plain")
         with self.client.post(
             "/api/uploads",
             data=body,
