@@ -58,6 +58,7 @@ def test_the_first_write_begins_a_transaction_that_a_rollback_undoes(app: Flask)
         "SELECT set_config('application_name', 'x', true)",
         "WITH w AS (SELECT 1) SELECT * FROM w",
         "SET LOCAL statement_timeout = 1000",
+        "SELECT id INTO TEMP TABLE scratch_ids FROM world WHERE id < 3",
     ],
 )
 def test_statements_that_need_a_transaction_get_one(app: Flask, statement: str) -> None:

@@ -99,10 +99,12 @@ PING_AFTER_IDLE_S = 1.0
 _IDLE_SINCE = "flaskstack_idle_since"  # in a pooled connection's info: when it was checked in
 _READS_AUTOCOMMIT = "flaskstack_reads_autocommit"  # set by AutocommitReadsPool at checkout
 # Statements that may run outside a transaction: a plain read. Anything else (a write, DDL, SET,
-# a CTE that may modify, a row lock, a transaction-scoped function) starts the transaction.
+# SELECT INTO, a CTE that may modify, a row lock, a transaction-scoped function) starts the
+# transaction.
 READ_ONLY = re.compile(r"\s*(?:SELECT|SHOW|VALUES)\b", re.IGNORECASE)
 NEEDS_TRANSACTION = re.compile(
-    r"\bFOR\s+(?:UPDATE|NO\s+KEY\s+UPDATE|SHARE|KEY\s+SHARE)\b"
+    r"\bINTO\b"  # SELECT ... INTO makes a table
+    r"|\bFOR\s+(?:UPDATE|NO\s+KEY\s+UPDATE|SHARE|KEY\s+SHARE)\b"
     r"|\b(?:pg_notify|pg_advisory_xact_\w+|pg_try_advisory_xact_\w+|set_config|txid_current|"
     r"pg_current_xact_id)\s*\(",
     re.IGNORECASE,
