@@ -325,10 +325,8 @@ class WSGIPath(tornado.httputil.HTTPServerConnectionDelegate):
             )
         if streamed:
             loop.add_callback(exchange.streamed)
-        elif self.inbox is not None and self.inbox.loop is loop:
-            self.inbox.put(exchange.respond, status, headers, body)
-        else:
-            loop.add_callback(exchange.respond, status, headers, body)  # the one thread-safe call
+        else:  # the inbox exists: the exchange made it before it queued this job
+            cast(Inbox, self.inbox).put(exchange.respond, status, headers, body)
 
     def stream(
         self,
@@ -549,12 +547,12 @@ class WSGIExchange(tornado.httputil.HTTPMessageDelegate):
             self.native.finish()
             return
         environ = self.environ()
-        path = self.path
+        path, loop = self.path, IOLoop.current()
         if path.inbox is None:
-            path.inbox = Inbox(IOLoop.current())
+            path.inbox = Inbox(loop)
         path.in_flight += 1
         path.last_activity = received = time.monotonic()
-        path.pool.submit(partial(path.run_app, environ, received, self, IOLoop.current()))
+        path.pool.submit(partial(path.run_app, environ, received, self, loop))
 
     def on_connection_close(self) -> None:
         if self.native is not None:
