@@ -25,6 +25,7 @@ import tornado.web
 from flaskstack import metrics
 from flaskstack import sio as socketio_host
 from flaskstack.contract import error_envelope, new_request_id, sane_request_id
+from flaskstack.front import BODY_TIMEOUT_S, Front
 from flaskstack.realtime import (
     EventSocket,
     Hub,
@@ -98,8 +99,26 @@ def log_native_request(handler: tornado.web.RequestHandler) -> None:
     )
 
 
+class TornadoListener:
+    """HTTP_FRONT=tornado: Tornado's HTTPServer listens itself, as the front's stand-in."""
+
+    def __init__(self, server: tornado.httpserver.HTTPServer) -> None:
+        self.server = server
+
+    def stop(self) -> None:
+        self.server.stop()
+        # Requests that still arrive on kept-alive connections get `Connection: close`.
+        self.server.conn_params.no_keep_alive = True
+
+    def open_connections(self) -> int:
+        return len(self.server._connections)
+
+    async def close_all(self) -> None:
+        await self.server.close_all_connections()
+
+
 async def drain(
-    server: tornado.httpserver.HTTPServer,
+    server: Front | TornadoListener,
     wsgi: WSGIPath,
     hub: Hub,
     sio: socketio.AsyncServer,
@@ -108,9 +127,9 @@ async def drain(
 ) -> None:
     """Stop accepting, finish requests in flight, then close the idle keep-alive connections."""
     state["draining"] = True
-    server.stop()  # new connections are refused: nginx retries those on another replica
-    # Requests that still arrive on kept-alive connections get `Connection: close`.
-    server.conn_params.no_keep_alive = True
+    # New connections are refused (nginx retries those on another replica), and requests that
+    # still arrive on kept-alive connections get `Connection: close`.
+    server.stop()
     hub.close_all()
     await socketio_host.close_all(sio)
     deadline = time.monotonic() + timeout
@@ -119,15 +138,15 @@ async def drain(
     # nothing, and it drops a cached connection the moment we close it. Waiting for nginx's own
     # keepalive_timeout instead (10 s) would keep this address alive past the bench, and nginx
     # would then try it after it vanished: a 1 s connect timeout, and a 502 if its DNS refresh
-    # lands meanwhile. HTTPServer keeps its open connections in `_connections`.
-    while getattr(server, "_connections", None) and time.monotonic() < deadline:
+    # lands meanwhile.
+    while server.open_connections() and time.monotonic() < deadline:
         quiet = time.monotonic() - wsgi.last_activity
         if wsgi.in_flight == 0 and quiet >= DRAIN_IDLE:
             break
         await asyncio.sleep(0.05)
     if wsgi.in_flight:
         log.warning("drain timed out", extra={"in_flight": wsgi.in_flight})
-    await server.close_all_connections()
+    await server.close_all()
 
 
 async def main() -> None:
@@ -164,13 +183,19 @@ async def main() -> None:
     wsgi = WSGIPath(wsgi_app, pool, native, settings.max_body, settings.access_log, counted)
     # The one layer that trusts proxy headers (nginx overwrites all of them): WSGIPath reads the
     # client's address and scheme from them (wsgi.forwarded), for the app and the native paths.
-    server = tornado.httpserver.HTTPServer(
+    tornado_server = tornado.httpserver.HTTPServer(
         wsgi,
         max_body_size=settings.max_body,
         idle_connection_timeout=settings.idle_timeout,
-        body_timeout=60,
+        body_timeout=BODY_TIMEOUT_S,
     )
-    server.listen(settings.port, address=settings.host)
+    server: Front | TornadoListener
+    if settings.front == "httptools":
+        server = Front(wsgi, tornado_server, settings.max_body, settings.idle_timeout)
+        await server.listen(settings.port, settings.host)
+    else:
+        tornado_server.listen(settings.port, address=settings.host)
+        server = TornadoListener(tornado_server)
 
     listener = None
     fanout = socketio_host.Fanout(hub, sio)
@@ -200,6 +225,7 @@ async def main() -> None:
         extra={
             "address": f"http://{settings.host}:{settings.port}",
             "threads": settings.threads,
+            "front": settings.front,
             "replica": REPLICA,
         },
     )

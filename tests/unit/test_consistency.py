@@ -119,7 +119,15 @@ def test_upload_accel_prefix_is_nginx_internal_uploads_location() -> None:
 
 def test_host_defaults_are_env_example_values() -> None:
     """The host reading .env.example's values gets exactly its own defaults."""
-    knobs = ("APP_THREADS", "MAX_UPLOAD_MB", "ACCESS_LOG", "LOG_LEVEL", "LOG_FORMAT", "APP_MODULE")
+    knobs = (
+        "APP_THREADS",
+        "MAX_UPLOAD_MB",
+        "ACCESS_LOG",
+        "HTTP_FRONT",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "APP_MODULE",
+    )
     documented = {k: ENV[k] for k in knobs if k in ENV}
     assert documented.keys() == set(knobs), "a host knob is missing from .env.example"
     assert Settings.from_env(documented) == Settings()

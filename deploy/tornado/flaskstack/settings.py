@@ -43,6 +43,16 @@ def env_flag(environ: Mapping[str, str], name: str) -> bool:
     raise ValueError(f"{name} must be 0 or 1, got {raw!r}")
 
 
+def env_choice(
+    environ: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]
+) -> str:
+    """Read a setting that is one of a few words."""
+    raw = environ.get(name, "").strip().lower() or default
+    if raw not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """The host's knobs.
@@ -59,6 +69,8 @@ class Settings:
         DNS drops a task 2 s before SIGTERM).
     origins: CORS_ORIGINS, extra origins allowed to open /ws.
     access_log: ACCESS_LOG, one JSON line per request from the host (off behind nginx).
+    front: HTTP_FRONT, who parses ordinary requests: "httptools" (flaskstack/front.py) or
+        "tornado" (Tornado's HTTP/1 code for every request, as a comparison).
     """
 
     host: str = "127.0.0.1"
@@ -73,6 +85,7 @@ class Settings:
     access_log: bool = False
     log_level: str = "INFO"
     log_format: str = "json"
+    front: str = "httptools"
 
     @property
     def max_body(self) -> int:
@@ -98,6 +111,7 @@ class Settings:
             access_log=env_flag(environ, "ACCESS_LOG"),
             log_level=(environ.get("LOG_LEVEL") or d.log_level).upper(),
             log_format=(environ.get("LOG_FORMAT") or d.log_format).lower(),
+            front=env_choice(environ, "HTTP_FRONT", d.front, ("httptools", "tornado")),
         )
 
 

@@ -73,12 +73,25 @@ CLIENT_ADDRESS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 
 def forwarded(headers: HTTPHeaders, peer: str, scheme: str) -> tuple[str, str]:
     """The client's address and the scheme it used, from nginx's headers; else the peer's."""
-    address = headers.get("X-Real-Ip")
-    if address is None and (chain := headers.get("X-Forwarded-For")):
+    return client_address(
+        headers.get("X-Real-Ip"),
+        headers.get("X-Forwarded-For"),
+        headers.get("X-Scheme") or headers.get("X-Forwarded-Proto"),
+        peer,
+        scheme,
+    )
+
+
+def client_address(
+    real_ip: str | None, chain: str | None, proto: str | None, peer: str, scheme: str
+) -> tuple[str, str]:
+    """`forwarded` on the header values themselves (X-Real-IP, X-Forwarded-For, X-Scheme or
+    X-Forwarded-Proto), for a path that has no HTTPHeaders object."""
+    address = real_ip
+    if address is None and chain:
         address = chain.rpartition(",")[2].strip()
     if address is None or not CLIENT_ADDRESS.fullmatch(address):
         address = peer
-    proto = headers.get("X-Scheme") or headers.get("X-Forwarded-Proto")
     if proto:
         proto = proto.rpartition(",")[2].strip()
         if proto in ("http", "https"):
