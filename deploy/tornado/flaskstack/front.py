@@ -13,8 +13,9 @@ faster path, not a second set of rules.
 
 Why: Tornado's HTTP/1 code (its header parsing in Python, an IOStream read and a coroutine per
 request, an HTTPHeaders object each way) was most of the host's own cost. Measured here on the
-host alone (a small Flask app, wrk with 32 keep-alive connections, process CPU per request,
-alternating runs): see FRONT_FIGURES below.
+host alone (a small Flask app's JSON view, wrk with 32 keep-alive connections, process CPU per
+request, six alternating pairs): 249 us and 4,313 requests/s with Tornado parsing every
+request, 146 us and 7,254 requests/s with this front.
 
 HTTP_FRONT=tornado turns the front off: Tornado's HTTPServer then listens itself, as before.
 """
