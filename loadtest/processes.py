@@ -62,6 +62,9 @@ class ProcessTreeSampler:
         self.pid = pid
         self.interval = interval
         self._cpu: dict[int, float] = {}
+        # What each process had spent when start() first saw it: only CPU from then on counts
+        # (a long-lived root, such as the load test's own process, brings minutes of it).
+        self._base: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._t0 = time.monotonic()
@@ -88,6 +91,7 @@ class ProcessTreeSampler:
 
     def start(self) -> None:
         self._poll()
+        self._base = dict(self._cpu)
         self._thread.start()
 
     def stop(self) -> None:
@@ -107,7 +111,8 @@ class ProcessTreeSampler:
 
     @property
     def cpu_seconds(self) -> float:
-        return sum(self._cpu.values())
+        """CPU seconds since start(): a process started later counts from its start."""
+        return sum(seconds - self._base.get(pid, 0.0) for pid, seconds in self._cpu.items())
 
     @property
     def cores(self) -> float:
