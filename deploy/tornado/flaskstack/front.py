@@ -123,8 +123,13 @@ class Front:
         return len(self.connections) + tornado_open
 
     async def close_all(self) -> None:
+        """Close every connection: an idle one once what it was sent is out, one still
+        streaming (the drain's deadline passed) at once."""
         for connection in list(self.connections):
-            connection.transport.abort()
+            if connection.busy:
+                connection.transport.abort()
+            else:
+                connection.transport.close()
         if self.sweeper is not None:
             self.sweeper.cancel()
         await self.tornado.close_all_connections()
