@@ -41,6 +41,9 @@ def wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
     if path == "/bad-header":
         start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: b=c")])
         return [b"no"]
+    if path == "/wrong-length":
+        start_response("200 OK", [("Content-Length", "10")])
+        return [b"12345"]
     if path == "/not-modified":
         start_response("304 Not Modified", [("ETag", '"x"')])
         return [b""]
@@ -364,9 +367,13 @@ def test_head_and_304_carry_no_body(served: Served) -> None:
     assert read_response(reader)[0] == 200
 
 
-def test_a_response_header_with_crlf_closes_the_connection_unanswered(served: Served) -> None:
+@pytest.mark.parametrize("path", ["/bad-header", "/wrong-length"])
+def test_a_response_the_client_could_misread_closes_the_connection_unanswered(
+    served: Served, path: str
+) -> None:
+    """A header with CR or LF, or a body other than its Content-Length: nothing is sent."""
     sock = connect(served)
-    sock.sendall(request(path="/bad-header"))
+    sock.sendall(request(path=path))
     assert sock.makefile("rb").read() == b""
 
 

@@ -354,7 +354,8 @@ class FrontConnection(asyncio.Protocol):
 
         The same rules as Tornado's path: a Content-Length unless the app set one (none on a
         304), no body on HEAD or 304, `Connection: close` when the client asked for it or the
-        host is draining, and a header with CR or LF closes the connection unanswered.
+        host is draining, and a header with CR or LF, or a body other than the Content-Length
+        the app set, closes the connection unanswered.
         """
         path = self.front.path
         path.in_flight -= 1
@@ -364,16 +365,19 @@ class FrontConnection(asyncio.Protocol):
         try:
             code, _, reason = status.partition(" ")
             lines = [f"HTTP/1.1 {int(code)} {reason}\r\n"]
-            has_length = False
+            length = None
             for name, value in headers:
                 lines.append(f"{name}: {value}\r\n")
-                if not has_length and len(name) == 14 and name.lower() == "content-length":
-                    has_length = True
+                if length is None and len(name) == 14 and name.lower() == "content-length":
+                    length = value
             head = "".join(lines)
             if head.count("\n") != len(lines) or head.count("\r") != len(lines):
                 raise ValueError(f"CR or LF inside a response header: {headers!r}")
-            if body is not None and code != "304" and not has_length:
-                head += f"Content-Length: {len(body)}\r\n"
+            if body is not None and code != "304":
+                if length is None:
+                    head += f"Content-Length: {len(body)}\r\n"
+                elif self.method != "HEAD" and int(length) != len(body):
+                    raise ValueError(f"{len(body)} body bytes under Content-Length: {length}")
             keep = self.keep_alive and not self.front.draining
             if not keep:
                 head += "Connection: close\r\n"
