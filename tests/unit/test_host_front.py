@@ -23,6 +23,7 @@ import tornado.httpserver
 import tornado.web
 import tornado.websocket
 
+from flaskstack import front
 from flaskstack.front import MAX_HEAD, Front
 from flaskstack.wsgi import WorkerPool, WSGIPath
 
@@ -421,3 +422,21 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout(served: Served) -> 
     assert read_response(reader)[0] == 200
     assert reader.read() == b""  # the sweep closed it; the socket's own timeout is 10 s
     assert served.on_front() == 0
+
+
+def test_a_large_body_is_not_kept_twice_and_a_request_pipelined_behind_it_is_refused(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past RAW_KEPT the raw bytes are dropped (no hand-over is possible then): the first
+    request is answered, the connection closes, and the client sends the second again."""
+    monkeypatch.setattr(front, "RAW_KEPT", 1000)
+    body = os.urandom(3000)
+    sock = connect(served)
+    reader = sock.makefile("rb")
+    sock.sendall(request("POST", "/echo", body))  # alone: served, the connection kept
+    code, headers, raw = read_response(reader)
+    assert (code, json.loads(raw)["body_len"], "connection" in headers) == (200, 3000, False)
+    sock.sendall(request("POST", "/echo", body) + request(path="/echo?second=1"))
+    code, headers, raw = read_response(reader)
+    assert (code, json.loads(raw)["body_len"], headers["connection"]) == (200, 3000, "close")
+    assert reader.read() == b""

@@ -49,6 +49,10 @@ MAX_HEAD = 65536
 # Bytes a client may send ahead while its request is in the pool before the front stops
 # reading from it (nginx never sends ahead; a pipelining client goes to Tornado).
 MAX_AHEAD = 65536
+# A body larger than this is not also kept as raw bytes for a hand-over to Tornado (that would
+# hold an upload twice): a client that pipelines behind one gets its first answer, and the
+# connection then closes, so it sends the rest again (RFC 9112, section 9.3.2).
+RAW_KEPT = 65536
 SWEEP_S = 1.0  # how often idle and stalled connections are looked for
 BODY_TIMEOUT_S = 60.0  # a request's head and body must arrive within this (Tornado's body_timeout)
 
@@ -141,7 +145,7 @@ class Front:
         for connection in list(self.connections):
             if connection.busy:
                 continue  # the pool has its request; a stream watches its own client
-            limit = BODY_TIMEOUT_S if connection.run else self.idle_timeout
+            limit = BODY_TIMEOUT_S if connection.run_size else self.idle_timeout
             if now - connection.last_read > limit:
                 connection.transport.close()
         self.sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self.sweep)
@@ -171,6 +175,7 @@ class FrontConnection(asyncio.Protocol):
         self.busy = False  # a request is in the pool, or its response is being sent
         self.run: list[bytes] = []  # bytes read since the last request was dispatched
         self.run_size = 0
+        self.keep_raw = True  # `run` holds them all (not past RAW_KEPT of body)
         self.ahead: list[bytes] = []  # bytes read while busy, parsed once the response is out
         self.ahead_size = 0
         self.last_read = time.monotonic()
@@ -179,6 +184,7 @@ class FrontConnection(asyncio.Protocol):
         self.reset()
 
     def reset(self) -> None:
+        self.keep_raw = True
         self.messages = 0
         self.url = b""
         self.header_list: list[tuple[bytes, bytes]] = []
@@ -227,14 +233,21 @@ class FrontConnection(asyncio.Protocol):
     # --- parsing ------------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
-        self.run.append(data)
+        if self.keep_raw:
+            self.run.append(data)
         self.run_size += len(data)
         try:
             self.parser.feed_data(data)
             if self.environ is None and self.run_size > MAX_HEAD:
                 raise Handoff
         except (httptools.HttpParserError, httptools.HttpParserUpgrade, Handoff):
-            self.hand_over()
+            if self.keep_raw:
+                self.hand_over()
+            elif self.complete:  # a large request, then a pipelined one: answer it, then close
+                self.keep_alive = False
+                self.dispatch()
+            else:
+                self.transport.abort()
             return
         if self.complete:
             self.dispatch()
@@ -316,6 +329,8 @@ class FrontConnection(asyncio.Protocol):
         environ["SERVER_PORT"] = port or ("443" if scheme == "https" else "80")
         environ["wsgi.url_scheme"] = scheme
         self.environ = environ
+        if length is not None and int(length) > RAW_KEPT:
+            self.keep_raw, self.run = False, []
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
