@@ -188,7 +188,8 @@ class FrontConnection(asyncio.Protocol):
         self.messages = 0
         self.url = b""
         self.header_list: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
+        self.body: list[bytes] = []  # the body's pieces, until a second one comes
+        self.body_buffer: BytesIO | None = None  # then the body, written as it arrives
         self.environ: dict[str, Any] | None = None
         self.complete = False
         self.keep_alive = True
@@ -333,16 +334,26 @@ class FrontConnection(asyncio.Protocol):
             self.keep_raw, self.run = False, []
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        if self.body_buffer is not None:
+            self.body_buffer.write(body)
+        elif self.body:  # a second piece: from here on the body is written once, not joined
+            self.body_buffer = BytesIO()
+            self.body_buffer.write(self.body.pop())
+            self.body_buffer.write(body)
+        else:
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
         self.complete = True
 
     def dispatch(self) -> None:
         environ = cast(dict[str, Any], self.environ)
-        body = self.body
-        environ["wsgi.input"] = BytesIO(body[0] if len(body) == 1 else b"".join(body))
-        self.body = []
+        buffer = self.body_buffer
+        if buffer is None:
+            buffer = BytesIO(self.body[0] if self.body else b"")  # shares the piece, no copy
+        else:
+            buffer.seek(0)
+        environ["wsgi.input"] = buffer
         self.run, self.run_size = [], 0
         self.busy = True
         path, loop = self.front.path, self.front.loop
