@@ -107,8 +107,11 @@ def test_real_ip_comes_from_the_proxy_header(host_factory):
     assert r.text == "203.0.113.7"
 
 
-def test_sigterm_finishes_the_request_in_flight_and_exits_0(host_factory):
-    host = host_factory(APP_MODULE="hostapps:app", SHUTDOWN_TIMEOUT="10")
+@pytest.mark.parametrize("front", ["httptools", "tornado"])
+def test_sigterm_finishes_the_request_in_flight_and_exits_0(host_factory, front):
+    """With either HTTP_FRONT: the request in flight is answered, then the process exits 0."""
+    host = host_factory(APP_MODULE="hostapps:app", SHUTDOWN_TIMEOUT="10", HTTP_FRONT=front)
+    assert f'"front": "{front}"' in host.output()
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(requests.get, f"{host.url}/slow", timeout=10)
         wait_for(lambda: "slow request inside the app" in host.output(), 10, "/slow to start", 0.02)
@@ -119,9 +122,9 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(host_factory):
     assert response.text == "slow done"
     assert host.proc.wait(timeout=15) == 0
     figure(
-        "host-sigterm",
+        f"host-sigterm-{front}",
         f"exited 0 {time.monotonic() - sent:.2f} s after SIGTERM, its 1.5 s request in flight "
-        "answered (SHUTDOWN_TIMEOUT=10)",
+        f"answered (SHUTDOWN_TIMEOUT=10, HTTP_FRONT={front})",
     )
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{host.url}/hello", timeout=2)
