@@ -1,11 +1,13 @@
 """The Tornado host process: one WSGI app on a thread pool, plus native /healthz, /metrics, /ws
 and /socket.io/.
 
-One process per container; scale by containers. A request for /healthz, /metrics, /ws or
-/socket.io/ goes to a small tornado.web.Application on the IOLoop; every other request goes from
-the HTTP connection to one pool job (host/wsgi.py), its body read once and parsed only by the
-app. Websockets and their events are host/realtime.py, socket.io host/sio.py, the metrics
-host/metrics.py; the knobs, read once from the environment, host/settings.py.
+One process per container; scale by containers. Every connection starts on the front
+(flaskstack/front.py), which parses ordinary requests with httptools and hands any other
+connection to Tornado's HTTP/1 code. A request for /healthz, /metrics, /ws or /socket.io/ goes
+to a small tornado.web.Application on the IOLoop; every other request goes from the connection
+to one pool job (flaskstack/wsgi.py), its body read once and parsed only by the app. Websockets
+and their events are flaskstack/realtime.py, socket.io flaskstack/sio.py, the metrics
+flaskstack/metrics.py; the knobs, read once from the environment, flaskstack/settings.py.
 
 This file is the process: it builds those parts, serves, and drains on SIGTERM.
 """
