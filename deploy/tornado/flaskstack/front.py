@@ -7,9 +7,9 @@ response written straight to the transport. Any other request hands its connecti
 Tornado's HTTP/1 code, with the bytes read so far, and the connection stays there: /ws,
 /socket.io/, /healthz and /metrics (the native application), a pipelined request, HTTP/1.0,
 chunked or `Expect: 100-continue` bodies, an upgrade, an oversized head or body, a missing or
-malformed Host, and anything httptools cannot parse. So every answer those get (the 413 and 400
-envelopes, the websocket handshake, keep-alive rules) is Tornado's, unchanged; the front adds a
-faster path, not a second set of rules.
+malformed Host, and anything httptools cannot parse. So every answer those get (the 413
+envelope, the 400 for a malformed request, the websocket handshake, keep-alive rules) is the
+host's Tornado path's, unchanged; the front adds a faster path, not a second set of rules.
 
 Why: Tornado's HTTP/1 code (its header parsing in Python, an IOStream read and a coroutine per
 request, an HTTPHeaders object each way) was most of the host's own cost. Measured here on the
