@@ -26,13 +26,11 @@ import asyncio
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
 from io import BytesIO
 from typing import Any, cast
-from urllib.parse import unquote_to_bytes
 
 import httptools
 import tornado.httpserver
@@ -40,7 +38,15 @@ import tornado.iostream
 from tornado.httputil import HTTPHeaders, RequestStartLine, ResponseStartLine
 from tornado.ioloop import IOLoop
 
-from .wsgi import HOST, NATIVE_PATHS, NATIVE_PREFIX, Inbox, WSGIPath, client_address
+from .wsgi import (
+    HOST,
+    NATIVE_PATHS,
+    NATIVE_PREFIX,
+    Inbox,
+    WSGIPath,
+    base_environ,
+    client_address,
+)
 
 log = logging.getLogger("host")
 # Tornado's own limit on a request's head (max_header_size); a longer one goes to Tornado,
@@ -282,21 +288,8 @@ class FrontConnection(asyncio.Protocol):
         if parser.get_http_version() != "1.1" or parser.should_upgrade() or self.is_native():
             raise Handoff
         self.keep_alive = parser.should_keep_alive()
-        self.method = method = parser.get_method().decode("latin-1")
-        url = self.url.decode("latin-1")
-        path, _, query = url.partition("?")
-        environ: dict[str, Any] = {
-            "REQUEST_METHOD": method,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
-            "QUERY_STRING": query,
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "wsgi.version": (1, 0),
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": True,
-            "wsgi.run_once": False,
-        }
+        self.method = parser.get_method().decode("latin-1")
+        environ: dict[str, Any] = {}  # the headers first: they decide whether the front serves
         for raw_name, raw_value in self.header_list:
             name = raw_name.decode("latin-1").upper().replace("-", "_")
             value = raw_value.decode("latin-1")
@@ -316,8 +309,6 @@ class FrontConnection(asyncio.Protocol):
         length = environ.get("CONTENT_LENGTH")
         if length is not None and not (length.isdigit() and int(length) <= self.front.max_body):
             raise Handoff  # over MAX_UPLOAD_MB: Tornado's path answers the 413 envelope unread
-        has_port = host.rfind(":") > host.rfind("]")
-        name, _, port = host.rpartition(":") if has_port else (host, "", "")
         remote, scheme = client_address(
             environ.get("HTTP_X_REAL_IP"),
             environ.get("HTTP_X_FORWARDED_FOR"),
@@ -325,10 +316,8 @@ class FrontConnection(asyncio.Protocol):
             self.peer[0],
             "http",
         )
-        environ["REMOTE_ADDR"] = remote
-        environ["SERVER_NAME"] = name
-        environ["SERVER_PORT"] = port or ("443" if scheme == "https" else "80")
-        environ["wsgi.url_scheme"] = scheme
+        url = self.url.decode("latin-1")
+        environ.update(base_environ(self.method, url, "HTTP/1.1", host, remote, scheme))
         self.environ = environ
         if length is not None and int(length) > RAW_KEPT:
             self.keep_raw, self.run = False, []

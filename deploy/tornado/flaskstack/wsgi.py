@@ -99,6 +99,32 @@ def client_address(
     return address, scheme
 
 
+def base_environ(
+    method: str, target: str, version: str, host: str, remote: str, scheme: str
+) -> dict[str, Any]:
+    """A WSGI environ (PEP 3333) but for the headers and wsgi.input, which the caller adds: the
+    request line's, the server's and the wsgi.* keys. Both of the host's paths build theirs
+    here (WSGIExchange for Tornado's, front.py for httptools')."""
+    path, _, query = target.partition("?")
+    name, _, port = host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
+    return {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+        "QUERY_STRING": query,
+        "REMOTE_ADDR": remote,
+        "SERVER_NAME": name,
+        "SERVER_PORT": port or ("443" if scheme == "https" else "80"),
+        "SERVER_PROTOCOL": version,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scheme,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+
+
 def check_host(start_line: tornado.httputil.RequestStartLine, headers: HTTPHeaders) -> None:
     """Refuse a missing (HTTP/1.1), malformed or repeated Host header, as Tornado's own request
     object does: the connection answers 400 and closes (RFC 9112, section 3.2)."""
@@ -577,29 +603,12 @@ class WSGIExchange(tornado.httputil.HTTPMessageDelegate):
         start_line = cast(tornado.httputil.RequestStartLine, self.start_line)
         headers = cast(tornado.httputil.HTTPHeaders, self.headers)
         context = self.connection.context  # type: ignore[attr-defined]
-        path, _, query = start_line.path.partition("?")
-        host = headers.get("Host") or "127.0.0.1"
-        name, _, port = (
-            host.rpartition(":") if host.rfind(":") > host.rfind("]") else (host, "", "")
-        )
         remote, scheme = forwarded(headers, context.remote_ip, context.protocol)
-        environ: dict[str, Any] = {
-            "REQUEST_METHOD": start_line.method,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
-            "QUERY_STRING": query,
-            "REMOTE_ADDR": remote,
-            "SERVER_NAME": name,
-            "SERVER_PORT": port or ("443" if scheme == "https" else "80"),
-            "SERVER_PROTOCOL": start_line.version,
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": scheme,
-            "wsgi.input": BytesIO(b"".join(self.chunks)),
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": True,
-            "wsgi.run_once": False,
-        }
+        host = headers.get("Host") or "127.0.0.1"
+        environ = base_environ(
+            start_line.method, start_line.path, start_line.version, host, remote, scheme
+        )
+        environ["wsgi.input"] = BytesIO(b"".join(self.chunks))
         self.chunks = []
         for key, value in headers.items():
             if key == "Content-Type":
